@@ -1,0 +1,120 @@
+"""ClientApp: fine-tune on the node's private shard, reply with the weight update only.
+
+A reply holds exactly one ArrayRecord (the update of each trainable parameter, or nothing
+for evaluate) and one MetricRecord (example counts and scalar metrics): never text, token
+ids or labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import datasets
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fedtune.config import Scenario, scenario_from_run_config
+from fedtune.data import client_splits, federated_data, make_loader, tokenize
+from fedtune.model import (
+    from_record,
+    load_model,
+    load_tokenizer,
+    load_weights,
+    to_record,
+    trainable_weights,
+)
+from fedtune.train import evaluate, pick_device, train_steps
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A client's tokenized shard, split into local train and validation."""
+
+    train: datasets.Dataset
+    val: datasets.Dataset
+
+
+@lru_cache(maxsize=2)
+def _model_and_tokenizer(
+    name: str, label_names: tuple[str, ...], seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """One model per worker process; each message overwrites its weights."""
+    return load_model(name, label_names, seed), load_tokenizer(name)
+
+
+@lru_cache(maxsize=16)
+def _local_data(scenario: Scenario, partition_id: int) -> LocalData:
+    """Tokenized once per shard and process, reused every round."""
+    fed = federated_data(scenario)
+    train, val = client_splits(fed, partition_id, scenario.data.val_size, scenario.seed)
+    _, tokenizer = _model_and_tokenizer(scenario.model.name, fed.label_names, scenario.seed)
+    max_length = scenario.model.max_length
+    return LocalData(tokenize(train, tokenizer, max_length), tokenize(val, tokenizer, max_length))
+
+
+class LocalNode:
+    """What one node needs for a message: scenario, its shard, the model with global weights."""
+
+    def __init__(self, scenario: Scenario, context: Context, msg: Message) -> None:
+        self.scenario = scenario
+        self.partition_id = int(context.node_config["partition-id"])
+        self.server_round = int(msg.content["config"].get("server-round", 0))
+        label_names = federated_data(scenario).label_names
+        self.model, self.tokenizer = _model_and_tokenizer(
+            scenario.model.name, label_names, scenario.seed
+        )
+        self.data = _local_data(scenario, self.partition_id)
+        self.global_weights = from_record(msg.content["arrays"])
+        load_weights(self.model, self.global_weights)
+        self.device = pick_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(scenario.federation.client_resources.num_cpus)))
+
+    @property
+    def run_seed(self) -> int:
+        """Distinct per (seed, round, client) so every local run is reproducible."""
+        return self.scenario.seed * 1_000_003 + self.server_round * 1_009 + self.partition_id
+
+
+def build_client_app(scenario: Scenario | None = None) -> ClientApp:
+    """A ClientApp bound to `scenario`, or reading it from the run config (`flwr run`)."""
+    app = ClientApp()
+
+    def node_for(msg: Message, context: Context) -> LocalNode:
+        return LocalNode(scenario or scenario_from_run_config(context.run_config), context, msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        node = node_for(msg, context)
+        cfg = node.scenario.training
+        torch.manual_seed(node.run_seed)
+        loader = make_loader(node.data.train, node.tokenizer, cfg.batch_size, node.run_seed)
+        result = train_steps(node.model, loader, cfg, node.device)
+        local = trainable_weights(node.model)
+        update = {name: local[name] - weights for name, weights in node.global_weights.items()}
+        metrics = MetricRecord(
+            {
+                "num-examples": len(node.data.train),
+                "train_loss": result.mean_loss,
+                "partition-id": node.partition_id,
+            }
+        )
+        return Message(RecordDict({"arrays": to_record(update), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_local(msg: Message, context: Context) -> Message:
+        node = node_for(msg, context)
+        loader = make_loader(node.data.val, node.tokenizer, node.scenario.training.eval_batch_size)
+        result = evaluate(node.model, loader, node.device)
+        metrics = {"num-examples": result["num_examples"], "partition-id": node.partition_id}
+        metrics.update({f"eval_{k}": result.get(k, 0.0) for k in ("loss", "accuracy", "macro_f1")})
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+app = build_client_app()
+"""The ClientApp for `flwr run .` (scenario from the run config)."""

@@ -1,0 +1,198 @@
+"""Scenario files: typed sections, validation with one-line errors, and `--set` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+class ScenarioError(ValueError):
+    """A scenario file or override is invalid; the message is one line naming the key."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class ModelConfig(Section):
+    name: str = "embedded"
+    """`embedded` (the offline MiniLM-L6 BERT), a local model directory, or a hub id."""
+    max_length: int = Field(128, ge=8, le=512)
+
+
+class DataConfig(Section):
+    source: str = "airline-tweets"
+    """`airline-tweets`, `aapl-tweets`, or a path to a .csv/.jsonl/.json/.parquet file."""
+    text_column: str = "text"
+    label_column: str = "label"
+    max_samples: int | None = Field(None, ge=2)
+    """Use at most this many examples (sampled with the seed) before the test split."""
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share held out on the server for centralized evaluation."""
+    val_size: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of each client's shard kept for its local validation."""
+
+
+class PartitionConfig(Section):
+    kind: Literal["iid", "dirichlet", "shard", "pathological", "natural"] = "iid"
+    num_clients: int = Field(4, ge=1)
+    alpha: float = Field(0.5, gt=0.0)
+    """Dirichlet concentration: smaller means more label skew."""
+    labels_per_client: int = Field(2, ge=1)
+    """`pathological`: labels per client; `shard`: label-sorted shards per client."""
+    column: str | None = None
+    """`natural`: the column whose values define the clients (e.g. `airline`)."""
+
+    @model_validator(mode="after")
+    def _natural_needs_column(self) -> PartitionConfig:
+        if self.kind == "natural" and not self.column:
+            raise ValueError("partition.kind 'natural' needs partition.column")
+        return self
+
+
+class ClientResources(Section):
+    num_cpus: float = Field(1.0, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+
+
+class FederationConfig(Section):
+    strategy: Literal["fedavg"] = "fedavg"
+    rounds: int = Field(3, ge=1)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0)
+    min_train_nodes: int = Field(1, ge=1)
+    min_evaluate_nodes: int = Field(1, ge=0)
+    min_available_nodes: int = Field(1, ge=1)
+    round_timeout: float = Field(3600.0, gt=0.0)
+    client_resources: ClientResources = ClientResources()
+
+
+class TrainingConfig(Section):
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    grad_accum_steps: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """`auto` is bf16 autocast on CUDA when supported, else fp32."""
+
+
+class OutputConfig(Section):
+    dir: str | None = None
+    """Run directory; default `runs/<name>-<timestamp>/`."""
+    save_model: bool = True
+
+
+class Scenario(Section):
+    """One experiment: everything a run needs, validated."""
+
+    name: str = "scenario"
+    description: str = ""
+    seed: int = 42
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    federation: FederationConfig = FederationConfig()
+    training: TrainingConfig = TrainingConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _nodes_fit_federation(self) -> Scenario:
+        fed, n = self.federation, self.partition.num_clients
+        for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+            if getattr(fed, key) > n:
+                raise ValueError(
+                    f"federation.{key}={getattr(fed, key)} exceeds "
+                    f"partition.num_clients={n}"
+                )
+        return self
+
+
+def _one_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] not in ("missing", "value_error"):
+        msg += f" (got {first['input']!r})"
+    where = f"{origin}: {key}: " if key else f"{origin}: "
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{where}{msg}{more}"
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> (`a.b`, YAML-parsed value)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError(f"--set {item!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set each dotted key in a nested dict (creating sections as needed)."""
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ScenarioError(f"--set {dotted}: '{part}' is not a section")
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def resolve_scenario_path(ref: str | Path) -> Path:
+    """A path as given, else a shipped scenario by file name or bare name."""
+    path = Path(ref)
+    for candidate in (path, SCENARIO_DIR / path, SCENARIO_DIR / f"{ref}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ScenarioError(f"{ref}: scenario file not found")
+
+
+def load_scenario(
+    ref: str | Path, overrides: dict[str, Any] | None = None
+) -> Scenario:
+    """Read, override and validate a scenario file; raise ScenarioError on any problem."""
+    path = resolve_scenario_path(ref)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScenarioError(f"{path}: malformed YAML: {detail}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: expected a mapping of sections at the top level")
+    raw.setdefault("name", path.stem)
+    return scenario_from_dict(apply_overrides(raw, overrides or {}), str(path))
+
+
+def scenario_from_dict(raw: dict[str, Any], origin: str = "scenario") -> Scenario:
+    """Validate a nested dict into a Scenario."""
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as err:
+        raise ScenarioError(_one_line(err, origin)) from None
+
+
+def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
+    """A Flower run config: `scenario` (file or shipped name) plus dotted-key overrides."""
+    overrides = {k: v for k, v in run_config.items() if k != "scenario"}
+    return load_scenario(str(run_config.get("scenario", "quickstart")), overrides)

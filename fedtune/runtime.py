@@ -1,0 +1,109 @@
+"""Runtimes: the federated simulation (Flower Simulation Engine, Ray) and the centralized
+baseline on the union of the clients' data with the same sample budget."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import datasets
+from flwr.simulation import run_simulation
+
+from fedtune.client import build_client_app
+from fedtune.config import Scenario, ScenarioError
+from fedtune.data import client_splits, federated_data, make_loader, tokenize
+from fedtune.model import load_model, load_tokenizer, resolve_model_source
+from fedtune.reporting import Progress, RunRecorder, default_run_dir
+from fedtune.server import build_server_app, seed_everything
+from fedtune.train import evaluate, pick_device, train_steps
+
+
+class _DropDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "deprecated" not in record.getMessage()
+
+
+def prepare_run_dir(scenario: Scenario, mode: str) -> Path:
+    """The run directory; refuse one that already holds a run."""
+    run_dir = default_run_dir(scenario, mode)
+    if (run_dir / "summary.json").exists():
+        raise ScenarioError(f"output.dir {str(run_dir)!r} already holds a run; choose another")
+    return run_dir
+
+
+def check_inputs(scenario: Scenario) -> None:
+    """Fail before any process starts: data loads, every shard is usable, model resolves."""
+    fed = federated_data(scenario)
+    for pid in range(scenario.partition.num_clients):
+        client_splits(fed, pid, scenario.data.val_size, scenario.seed)
+    resolve_model_source(scenario.model.name)
+
+
+def run_federated(scenario: Scenario, quiet: bool = False, verbose: bool = False) -> dict:
+    """Simulate the federation: one Ray actor process per concurrently training client."""
+    check_inputs(scenario)
+    run_dir = prepare_run_dir(scenario, "")
+    resources = scenario.federation.client_resources
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    flwr_logger.addFilter(_DropDeprecation())
+    run_simulation(
+        server_app=build_server_app(scenario, run_dir, quiet),
+        client_app=build_client_app(scenario),
+        num_supernodes=scenario.partition.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
+            "init_args": {"logging_level": "WARNING", "log_to_driver": verbose},
+        },
+        verbose_logging=verbose,
+    )
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
+    return json.loads(summary_path.read_text())
+
+
+def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
+    """Train one model on the union of the clients' training splits, with the sample
+    budget of the federated run, evaluating at every round-equivalent."""
+    check_inputs(scenario)
+    run_dir = prepare_run_dir(scenario, "centralized")
+    seed_everything(scenario.seed)
+    fed = federated_data(scenario)
+    cfg, fl = scenario.training, scenario.federation
+    shards = [
+        client_splits(fed, pid, scenario.data.val_size, scenario.seed)[0]
+        for pid in range(scenario.partition.num_clients)
+    ]
+    union = datasets.concatenate_datasets(shards)
+    # Each round trains ~fraction_train of the clients for local_epochs on their shards.
+    per_round = max(1, math.ceil(fl.fraction_train * cfg.local_epochs * len(union)))
+    tokenizer = load_tokenizer(scenario.model.name)
+    model = load_model(scenario.model.name, fed.label_names, scenario.seed)
+    max_length = scenario.model.max_length
+    train_loader = make_loader(tokenize(union, tokenizer, max_length), tokenizer, cfg.batch_size, scenario.seed)
+    test_loader = make_loader(tokenize(fed.test, tokenizer, max_length), tokenizer, cfg.eval_batch_size)
+    device = pick_device()
+    recorder = RunRecorder(run_dir, scenario, "centralized", scenario.partition.num_clients)
+    done_rounds = [0]
+
+    def checkpoint(server_round: int) -> None:
+        metrics = evaluate(model, test_loader, device, fed.label_names)
+        seconds = progress.round_done(server_round, metrics)
+        recorder.round_done(server_round, metrics, seconds)
+        model.train()
+
+    def on_step(seen: int) -> None:
+        progress.update(done_rounds[0] + 1, f"training: {seen}/{per_round * fl.rounds} examples")
+        while done_rounds[0] < fl.rounds and seen >= per_round * (done_rounds[0] + 1):
+            done_rounds[0] += 1
+            checkpoint(done_rounds[0])
+
+    with Progress(fl.rounds, quiet=quiet) as progress:
+        checkpoint(0)
+        train_steps(model, train_loader, cfg, device, per_round * fl.rounds, on_step)
+    if scenario.output.save_model:
+        recorder.save_model(model, tokenizer)
+    return recorder.write_summary()

@@ -1,0 +1,157 @@
+"""ServerApp: FedAvg over client updates, centralized evaluation, progress and outputs."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fedtune.config import Scenario, scenario_from_run_config
+from fedtune.data import federated_data, label_table, make_loader, tokenize
+from fedtune.model import (
+    from_record,
+    load_model,
+    load_tokenizer,
+    load_weights,
+    to_record,
+    trainable_weights,
+)
+from fedtune.reporting import CENTRAL_KEYS, Progress, RunRecorder, default_run_dir
+from fedtune.strategies import build_strategy
+from fedtune.train import evaluate, pick_device
+
+RepliesCallback = Callable[[str, int, list[Message]], None]
+
+
+class ObservedGrid(Grid):
+    """A Grid that reports each reply as it arrives (progress) and each finished
+    exchange (per-client metrics); everything else is the wrapped Grid's."""
+
+    def __init__(self, grid: Grid, progress: Progress, on_replies: RepliesCallback) -> None:
+        self.grid = grid
+        self.progress = progress
+        self.on_replies = on_replies
+
+    def set_run(self, run_id: int) -> None:
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self):  # noqa: ANN201 - flwr's Run
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        if not messages:
+            return []
+        kind = messages[0].metadata.message_type
+        server_round = int(messages[0].content["config"].get("server-round", 0))
+        pending = set(self.push_messages(messages))
+        total, replies = len(pending), []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.progress.phase(server_round, kind, 0, total)
+        while pending and (deadline is None or time.monotonic() < deadline):
+            new = list(self.pull_messages(pending))
+            if new:
+                replies.extend(new)
+                pending -= {m.metadata.reply_to_message_id for m in new}
+                self.progress.phase(server_round, kind, len(replies), total)
+            else:
+                time.sleep(0.1)
+        self.on_replies(kind, server_round, replies)
+        return replies
+
+
+def _client_metrics(reply: Message) -> dict:
+    if reply.has_error():
+        return {"node_id": reply.metadata.src_node_id, "error": reply.error.reason}
+    return {"node_id": reply.metadata.src_node_id, **dict(reply.content["metrics"])}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python (Flower's node sampling), numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_server(grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = False) -> dict:
+    """Run the federation on `grid` and write every output into `run_dir`."""
+    seed_everything(scenario.seed)
+    fed = federated_data(scenario)
+    num_clients = scenario.partition.num_clients
+    recorder = RunRecorder(run_dir, scenario, "federated", num_clients)
+    recorder.write_partition(label_table(fed))
+    tokenizer = load_tokenizer(scenario.model.name)
+    model = load_model(scenario.model.name, fed.label_names, scenario.seed)
+    test = tokenize(fed.test, tokenizer, scenario.model.max_length)
+    test_loader = make_loader(test, tokenizer, scenario.training.eval_batch_size)
+    device = pick_device()
+    federated: dict[int, dict] = {}
+
+    def on_replies(kind: str, server_round: int, replies: list[Message]) -> None:
+        for reply in replies:
+            recorder.client_reply(kind, _client_metrics(reply))
+        ok = [r.content for r in replies if not r.has_error()]
+        if kind == "evaluate" and ok:
+            agg = aggregate_metricrecords(ok, "num-examples")
+            federated[server_round] = {k: v for k, v in agg.items() if k.startswith("eval_")}
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_weights(model, from_record(arrays))
+        metrics = evaluate(model, test_loader, device, fed.label_names)
+        seconds = progress.round_done(server_round, metrics)
+        recorder.round_done(server_round, metrics, seconds, federated.get(server_round))
+        return MetricRecord({k: metrics[k] for k in CENTRAL_KEYS})
+
+    strategy = build_strategy(scenario.federation, evaluate=scenario.data.val_size > 0)
+    with Progress(scenario.federation.rounds, quiet=quiet) as progress:
+        result = strategy.start(
+            grid=ObservedGrid(grid, progress, on_replies),
+            initial_arrays=to_record(trainable_weights(model)),
+            num_rounds=scenario.federation.rounds,
+            timeout=scenario.federation.round_timeout,
+            evaluate_fn=central_evaluate,
+        )
+    load_weights(model, from_record(result.arrays))
+    if scenario.output.save_model:
+        recorder.save_model(model, tokenizer)
+    return recorder.write_summary()
+
+
+def build_server_app(
+    scenario: Scenario | None = None, run_dir: Path | None = None, quiet: bool = False
+) -> ServerApp:
+    """A ServerApp bound to `scenario`, or reading it from the run config (`flwr run`)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        active = scenario or scenario_from_run_config(context.run_config)
+        run_server(grid, active, run_dir or default_run_dir(active), quiet)
+
+    return app
+
+
+app = build_server_app()
+"""The ServerApp for `flwr run .` (scenario from the run config)."""

@@ -1,0 +1,135 @@
+"""Training and evaluation loops shared by clients and the centralized baseline."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from fedtune.config import TrainingConfig
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `training.precision` (mixed precision on CUDA only)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainResult:
+    num_examples: int
+    """Examples processed (epochs x shard size), the FedAvg weight."""
+    mean_loss: float
+    """Mean training loss per example."""
+
+
+def train_steps(
+    model: PreTrainedModel,
+    loader: DataLoader,
+    cfg: TrainingConfig,
+    device: torch.device,
+    max_examples: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
+    for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
+    `on_step(examples_seen)` is called after each optimizer step."""
+    budget = max_examples or cfg.local_epochs * len(loader.dataset)
+    total_steps = max(1, math.ceil(budget / (cfg.batch_size * cfg.grad_accum_steps)))
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in params if not n.endswith(no_decay)]},
+            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(cfg.warmup_ratio * total_steps), total_steps
+    )
+    dtype = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    model.to(device).train()
+    seen, loss_sum, micro = 0, 0.0, 0
+    while seen < budget:
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = len(batch["labels"])
+            with _autocast(dtype, device):
+                loss = model(**batch).loss
+            scaler.scale(loss / cfg.grad_accum_steps).backward()
+            seen, loss_sum, micro = seen + n, loss_sum + loss.item() * n, micro + 1
+            last = seen >= budget
+            if micro % cfg.grad_accum_steps == 0 or last:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if on_step is not None:
+                    on_step(seen)
+            if last:
+                break
+    return TrainResult(num_examples=seen, mean_loss=loss_sum / max(seen, 1))
+
+
+@torch.no_grad()
+def evaluate(
+    model: PreTrainedModel,
+    loader: DataLoader,
+    device: torch.device,
+    label_names: tuple[str, ...] | None = None,
+) -> dict:
+    """Mean loss, accuracy and macro-F1 (and a per-class report when label names are given)."""
+    model.to(device).eval()
+    losses, preds, golds = [], [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        losses.append(out.loss.item() * len(batch["labels"]))
+        preds.append(out.logits.argmax(-1).cpu().numpy())
+        golds.append(batch["labels"].cpu().numpy())
+    if not golds:
+        return {"num_examples": 0}
+    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
+    result = {
+        "num_examples": len(y_true),
+        "loss": float(sum(losses) / len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+    }
+    if label_names is not None:
+        result["per_class"] = classification_report(
+            y_true,
+            y_pred,
+            labels=list(range(len(label_names))),
+            target_names=list(label_names),
+            output_dict=True,
+            zero_division=0,
+        )
+    return result
