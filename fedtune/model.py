@@ -19,6 +19,7 @@ EMBEDDED = "embedded"
 
 # "Some weights were newly initialized" is expected: the classifier head is new.
 hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 
 class ModelError(ValueError):
@@ -54,6 +55,7 @@ def load_model(name: str, label_names: tuple[str, ...], seed: int) -> PreTrained
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={label: i for i, label in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
         )
     except OSError as exc:
         raise ModelError(f"model.name {name!r}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny random BERT with a character-level vocabulary, a toy corpus whose
+labels are learnable from words, and Flower message helpers."""
+
+from __future__ import annotations
+
+import csv
+import random
+import string
+from pathlib import Path
+
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from fedtune.config import scenario_from_dict
+
+WORDS = {
+    "negative": ["late", "lost", "rude", "cancelled", "delayed", "awful"],
+    "neutral": ["flight", "gate", "seat", "ticket", "boarding", "today"],
+    "positive": ["great", "thanks", "love", "friendly", "smooth", "awesome"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random BERT and a WordPiece tokenizer that spells any word."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    words = sorted({w for ws in WORDS.values() for w in ws})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *words]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_toy_corpus(path: Path, n: int, seed: int = 0, extra_column: bool = True) -> Path:
+    """n short texts whose label is given by their words, plus a `company` column."""
+    rng = random.Random(seed)
+    labels = list(WORDS)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["message", "sentiment", "company"] if extra_column else ["message", "sentiment"])
+        for i in range(n):
+            label = labels[i % 3]
+            text = " ".join(rng.choice(WORDS[label]) for _ in range(rng.randint(2, 5)))
+            row = [f"{text} #{i}", label, f"co{i % 3 if i % 2 else (i // 2) % 2}"]
+            writer.writerow(row if extra_column else row[:2])
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_corpus(tmp_path_factory.mktemp("data") / "toy.csv", 240)
+
+
+@pytest.fixture
+def make_scenario(tiny_model_dir: Path, toy_csv: Path, tmp_path: Path):
+    """A validated tiny scenario; keyword sections update the defaults."""
+
+    def make(**sections: dict):
+        raw = {
+            "name": "tiny",
+            "seed": 7,
+            "model": {"name": str(tiny_model_dir), "max_length": 32},
+            "data": {"source": str(toy_csv), "text_column": "message", "label_column": "sentiment"},
+            "partition": {"kind": "iid", "num_clients": 2},
+            "federation": {"rounds": 2, "min_available_nodes": 2},
+            "training": {"batch_size": 16, "lr": 5e-3, "local_epochs": 1},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+        for key, value in sections.items():
+            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+        return scenario_from_dict(raw)
+
+    return make
+
+
+@pytest.fixture
+def task_identity() -> None:
+    """Flower needs a task identity to build messages outside a runtime."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0

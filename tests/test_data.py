@@ -1,0 +1,122 @@
+"""Data loading and partitioning through flwr-datasets."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedtune.config import DataConfig
+from fedtune.data import (
+    LABEL,
+    DataError,
+    build_federated_data,
+    client_splits,
+    label_table,
+    load_examples,
+    load_tweets,
+)
+
+
+def _label_skew(scenario) -> float:
+    """Mean total-variation distance between each client's label mix and the pool's."""
+    fed = build_federated_data(scenario)
+    n_labels = len(fed.label_names)
+    pool = np.bincount(fed.pool[LABEL], minlength=n_labels) / len(fed.pool)
+    dists = []
+    for pid in range(scenario.partition.num_clients):
+        labels = fed.partition(pid)[LABEL]
+        mix = np.bincount(labels, minlength=n_labels) / max(len(labels), 1)
+        dists.append(0.5 * np.abs(mix - pool).sum())
+    return float(np.mean(dists))
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "shard", "pathological"])
+def test_partitions_cover_the_pool_without_overlap(make_scenario, kind: str) -> None:
+    scenario = make_scenario(partition={"kind": kind, "num_clients": 4, "labels_per_client": 2})
+    fed = build_federated_data(scenario)
+    texts = [t for pid in range(4) for t in fed.partition(pid)["text"]]
+    assert len(texts) == len(set(texts)), "no example is in two partitions"
+    assert set(texts) <= set(fed.pool["text"])
+    assert not set(texts) & set(fed.test["text"]), "the server's test split stays out"
+    table = label_table(fed)
+    assert sum(c["num_examples"] for c in table["clients"]) == len(texts)
+    if kind in ("iid", "dirichlet"):
+        assert len(texts) == len(fed.pool)
+    if kind == "pathological":
+        for client in table["clients"]:
+            assert sum(1 for n in client["label_counts"].values() if n) <= 2
+
+
+def test_dirichlet_skew_grows_as_alpha_shrinks(make_scenario) -> None:
+    skews = [
+        _label_skew(make_scenario(partition={"kind": "dirichlet", "num_clients": 4, "alpha": a}))
+        for a in (100.0, 1.0, 0.1)
+    ]
+    assert skews[0] < skews[1] < skews[2], skews
+    iid = _label_skew(make_scenario(partition={"kind": "iid", "num_clients": 4}))
+    assert iid < skews[1]
+
+
+def test_natural_split_by_column(make_scenario) -> None:
+    scenario = make_scenario(partition={"kind": "natural", "num_clients": 3, "column": "company"})
+    fed = build_federated_data(scenario)
+    names = set()
+    for pid in range(3):
+        companies = set(fed.partition(pid)["company"])
+        assert len(companies) == 1
+        assert fed.client_name(pid) in companies
+        names |= companies
+    assert names == {"co0", "co1", "co2"}
+
+
+def test_natural_split_needs_matching_client_count(make_scenario) -> None:
+    scenario = make_scenario(partition={"kind": "natural", "num_clients": 2, "column": "company"})
+    with pytest.raises(DataError, match="num_clients=2 but column 'company' has 3 distinct"):
+        build_federated_data(scenario)
+
+
+def test_same_seed_same_partitions(make_scenario) -> None:
+    a = build_federated_data(make_scenario(partition={"kind": "dirichlet", "num_clients": 3}))
+    b = build_federated_data(make_scenario(partition={"kind": "dirichlet", "num_clients": 3}))
+    for pid in range(3):
+        assert a.partition(pid)["text"] == b.partition(pid)["text"]
+
+
+def test_client_splits_are_disjoint(make_scenario) -> None:
+    scenario = make_scenario()
+    fed = build_federated_data(scenario)
+    train, val = client_splits(fed, 0, 0.2, scenario.seed)
+    assert len(train) + len(val) == len(fed.partition(0))
+    assert len(val) > 0
+    assert not set(train["text"]) & set(val["text"])
+
+
+def test_file_source_missing_column(toy_csv: Path) -> None:
+    cfg = DataConfig(source=str(toy_csv), text_column="body", label_column="sentiment")
+    with pytest.raises(DataError, match="data.text_column 'body' not among the columns"):
+        load_examples(cfg, seed=0)
+
+
+def test_file_source_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0}\n' * 5)
+    ds = load_examples(DataConfig(source=str(path)), seed=0)
+    assert len(ds) == 10 and ds.features[LABEL].names == ["0", "1"]
+
+
+def test_builtin_airline_tweets() -> None:
+    ds = load_tweets("airline-tweets")
+    assert 14_000 < len(ds) < 15_000
+    assert set(ds[LABEL]) == {"negative", "neutral", "positive"}
+    counts = Counter(ds["airline"])
+    assert set(counts) == {"united", "usairways", "americanair", "southwestair", "jetblue", "virginamerica"}
+    assert all("@" + ds["airline"][i] in ds["text"][i].lower() for i in range(0, len(ds), 97))
+
+
+def test_builtin_aapl_tweets() -> None:
+    ds = load_tweets("aapl-tweets")
+    assert 900 < len(ds) < 1_100
+    assert all("$aapl" in t.lower() or "#aapl" in t.lower() for t in ds["text"])

@@ -1,0 +1,110 @@
+"""End to end through the `fedtune` command: simulation in separate processes, the
+centralized baseline, bad input, and one run on the real embedded model and data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+
+def fedtune(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedtune.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_scenario(scenario, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    return path
+
+
+def check_outputs(run_dir: Path, mode: str, rounds: int, clients: int) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["mode"] == mode
+    assert summary["num_clients"] == clients
+    assert summary["rounds_completed"] == rounds
+    assert [h["round"] for h in summary["history"]] == list(range(rounds + 1))
+    for entry in summary["history"]:
+        assert set(entry) >= {"round", "accuracy", "macro_f1", "loss", "seconds"}
+    assert summary["final"]["accuracy"] == summary["history"][-1]["accuracy"]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == list(range(rounds + 1))
+    model_dir = Path(summary["model_dir"])
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    logits = model(**tokenizer(["great thanks", "late again"], return_tensors="pt", padding=True)).logits
+    assert logits.shape == (2, len(model.config.id2label))
+    return {"summary": summary, "lines": lines}
+
+
+def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> None:
+    scenario = make_scenario(data={"val_size": 0.2})
+    path = write_scenario(scenario, tmp_path / "tiny.yaml")
+    result = fedtune("run", str(path), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(scenario.output.dir)
+    out = check_outputs(run_dir, "federated", rounds=2, clients=2)
+    partition = json.loads((run_dir / "partition.json").read_text())
+    assert len(partition["clients"]) == 2
+    for line in out["lines"][1:]:
+        assert sorted(c["partition-id"] for c in line["clients"]["train"]) == [0, 1]
+        assert sorted(c["partition-id"] for c in line["clients"]["evaluate"]) == [0, 1]
+        assert 0.0 <= line["federated_evaluate"]["eval_accuracy"] <= 1.0
+        assert "per_class" in line["central"]
+    labels = set(AutoModelForSequenceClassification.from_pretrained(run_dir / "model").config.id2label.values())
+    assert labels == {"negative", "neutral", "positive"}
+
+
+def test_centralized_baseline(make_scenario, tmp_path: Path) -> None:
+    scenario = make_scenario(training={"lr": 5e-3, "batch_size": 16, "local_epochs": 2})
+    path = write_scenario(scenario, tmp_path / "tiny.yaml")
+    result = fedtune("centralized", str(path), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = check_outputs(Path(scenario.output.dir), "centralized", rounds=2, clients=2)
+    history = out["summary"]["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--set", "federation.rounds=0"], "federation.rounds: Input should be greater than or equal to 1"),
+        (["--set", "data.source=/nonexistent/data.csv"], "'/nonexistent/data.csv': file not found"),
+        (["--set", "data.label_column=stars"], "data.label_column 'stars' not among the columns"),
+        (["--set", "model.name=/tmp"], "directory has no config.json, not a model"),
+        (["--set", "partition.num_clients=500", "--set", "federation.min_available_nodes=1"],
+         "only 240 examples"),
+        (["--set", "federation.rounds"], "expected dotted.key=value"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(make_scenario, tmp_path: Path, overrides, message) -> None:
+    scenario = make_scenario()
+    path = write_scenario(scenario, tmp_path / "tiny.yaml")
+    result = fedtune("run", str(path), *overrides)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not Path(scenario.output.dir).exists(), "no partial output"
+
+
+def test_real_embedded_model_beats_round_zero(tmp_path: Path) -> None:
+    """The shipped quickstart, shrunk to a few hundred real airline tweets."""
+    run_dir = tmp_path / "real"
+    result = fedtune(
+        "run", "quickstart", "--quiet", "--output", str(run_dir),
+        "--set", "data.max_samples=400", "--set", "partition.num_clients=2",
+        "--set", "federation.min_available_nodes=2", "--set", "federation.rounds=2",
+        "--set", "model.max_length=48",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((run_dir / "summary.json").read_text())["history"]
+    assert history[-1]["accuracy"] > history[0]["accuracy"] + 0.1, history
