@@ -61,6 +61,13 @@ class LocalNode:
     def __init__(self, scenario: Scenario, context: Context, msg: Message) -> None:
         self.scenario = scenario
         self.partition_id = int(context.node_config["partition-id"])
+        nodes = int(context.node_config.get("num-partitions", scenario.partition.num_clients))
+        if nodes != scenario.partition.num_clients:
+            raise ValueError(
+                f"the federation has {nodes} nodes but partition.num_clients="
+                f"{scenario.partition.num_clients}; start it with num-supernodes="
+                f"{scenario.partition.num_clients}"
+            )
         self.server_round = int(msg.content["config"].get("server-round", 0))
         label_names = federated_data(scenario).label_names
         self.model, self.tokenizer = _model_and_tokenizer(

@@ -193,6 +193,7 @@ def scenario_from_dict(raw: dict[str, Any], origin: str = "scenario") -> Scenari
 
 
 def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
-    """A Flower run config: `scenario` (file or shipped name) plus dotted-key overrides."""
-    overrides = {k: v for k, v in run_config.items() if k != "scenario"}
+    """A Flower run config: `scenario` (file or shipped name) and `set`, space-separated
+    `dotted.key=value` overrides (as `fedtune run --set`)."""
+    overrides = dict(parse_override(item) for item in str(run_config.get("set", "")).split())
     return load_scenario(str(run_config.get("scenario", "quickstart")), overrides)

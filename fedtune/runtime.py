@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import datasets
@@ -49,6 +50,9 @@ def run_federated(scenario: Scenario, quiet: bool = False, verbose: bool = False
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
     flwr_logger.addFilter(_DropDeprecation())
+    # Ray's notice about a future default; fedtune relies on today's (CPU-only clients
+    # get no GPU when num_gpus is 0).
+    warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO")
     run_simulation(
         server_app=build_server_app(scenario, run_dir, quiet),
         client_app=build_client_app(scenario),
