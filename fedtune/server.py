@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedtune.config import Scenario, scenario_from_run_config
 from fedtune.data import federated_data, label_table, make_loader, tokenize
@@ -24,7 +23,7 @@ from fedtune.model import (
     trainable_weights,
 )
 from fedtune.reporting import CENTRAL_KEYS, Progress, RunRecorder, default_run_dir
-from fedtune.strategies import build_strategy
+from fedtune.strategies import aggregate_client_metrics, build_strategy
 from fedtune.train import evaluate, pick_device
 
 RepliesCallback = Callable[[str, int, list[Message]], None]
@@ -114,8 +113,7 @@ def run_server(grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = Fals
             recorder.client_reply(kind, _client_metrics(reply))
         ok = [r.content for r in replies if not r.has_error()]
         if kind == "evaluate" and ok:
-            agg = aggregate_metricrecords(ok, "num-examples")
-            federated[server_round] = {k: v for k, v in agg.items() if k.startswith("eval_")}
+            federated[server_round] = dict(aggregate_client_metrics(ok, "num-examples"))
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_weights(model, from_record(arrays))

@@ -4,6 +4,7 @@ centralized baseline, bad input, and one run on the real embedded model and data
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,23 @@ def test_real_embedded_model_beats_round_zero(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((run_dir / "summary.json").read_text())["history"]
     assert history[-1]["accuracy"] > history[0]["accuracy"] + 0.1, history
+
+
+def test_flwr_run_uses_the_same_app(make_scenario, tmp_path: Path) -> None:
+    """`flwr run .` (Flower's own CLI, local simulation SuperLink) runs the fedtune app."""
+    root = Path(__file__).resolve().parents[1]
+    scenario = make_scenario(federation={"rounds": 1, "min_available_nodes": 2})
+    path = write_scenario(scenario, tmp_path / "tiny.yaml")
+    flwr_home = tmp_path / "flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    flwr = Path(sys.executable).with_name("flwr")
+    try:
+        result = subprocess.run(
+            [str(flwr), "run", str(root), "--stream", "--run-config", f'scenario="{path}"',
+             "--federation-config", "num-supernodes=2"],
+            cwd=root, env=env, capture_output=True, text=True, timeout=600,
+        )
+    finally:  # the local SuperLink that `flwr run` started lives on; stop it
+        subprocess.run(["pkill", "-f", str(flwr_home)], check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    check_outputs(Path(scenario.output.dir), "federated", rounds=1, clients=2)
