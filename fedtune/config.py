@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -113,8 +113,7 @@ class Scenario(Section):
         for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
             if getattr(fed, key) > n:
                 raise ValueError(
-                    f"federation.{key}={getattr(fed, key)} exceeds "
-                    f"partition.num_clients={n}"
+                    f"federation.{key}={getattr(fed, key)} exceeds partition.num_clients={n}"
                 )
         return self
 
@@ -167,9 +166,7 @@ def resolve_scenario_path(ref: str | Path) -> Path:
     raise ScenarioError(f"{ref}: scenario file not found")
 
 
-def load_scenario(
-    ref: str | Path, overrides: dict[str, Any] | None = None
-) -> Scenario:
+def load_scenario(ref: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Read, override and validate a scenario file; raise ScenarioError on any problem."""
     path = resolve_scenario_path(ref)
     try:

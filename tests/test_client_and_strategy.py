@@ -33,22 +33,30 @@ def _reply(to: Message, weights: dict[str, np.ndarray], n: int) -> Message:
 def test_fedavg_over_updates_equals_fedavg_over_weights(task_identity) -> None:
     rng = np.random.default_rng(0)
     glob = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-    locals_ = [{k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(3)]
+    locals_ = [
+        {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(3)
+    ]
     counts = [10, 30, 60]
     msg = _train_message(glob)
 
-    plain, _ = FedAvg().aggregate_train(1, [_reply(msg, w, n) for w, n in zip(locals_, counts)])
+    plain, _ = FedAvg().aggregate_train(
+        1, [_reply(msg, w, n) for w, n in zip(locals_, counts, strict=True)]
+    )
 
     wrapped = DeltaUpdates(FedAvg())
     wrapped._global = glob  # what configure_train records
     updates = [{k: w[k] - glob[k] for k in w} for w in locals_]
     via_updates, _ = wrapped.aggregate_train(
-        1, [_reply(msg, u, n) for u, n in zip(updates, counts)]
+        1, [_reply(msg, u, n) for u, n in zip(updates, counts, strict=True)]
     )
 
-    expected = {k: sum(w[k] * n for w, n in zip(locals_, counts)) / sum(counts) for k in SHAPES}
+    expected = {
+        k: sum(w[k] * n for w, n in zip(locals_, counts, strict=True)) / sum(counts) for k in SHAPES
+    }
     for key in SHAPES:
-        np.testing.assert_allclose(from_record(via_updates)[key], from_record(plain)[key], atol=1e-6)
+        np.testing.assert_allclose(
+            from_record(via_updates)[key], from_record(plain)[key], atol=1e-6
+        )
         np.testing.assert_allclose(from_record(via_updates)[key], expected[key], atol=1e-6)
 
 
@@ -56,15 +64,20 @@ def _context(scenario, partition_id: int = 0) -> Context:
     return Context(
         run_id=1,
         node_id=partition_id + 1,
-        node_config={"partition-id": partition_id, "num-partitions": scenario.partition.num_clients},
+        node_config={
+            "partition-id": partition_id,
+            "num-partitions": scenario.partition.num_clients,
+        },
         state=RecordDict(),
         run_config={},
     )
 
 
 def test_one_client_full_participation_equals_local_training(make_scenario, task_identity) -> None:
-    scenario = make_scenario(partition={"kind": "iid", "num_clients": 1},
-                             federation={"rounds": 1, "min_available_nodes": 1})
+    scenario = make_scenario(
+        partition={"kind": "iid", "num_clients": 1},
+        federation={"rounds": 1, "min_available_nodes": 1},
+    )
     fed = build_federated_data(scenario)
     model = load_model(scenario.model.name, fed.label_names, scenario.seed)
     glob = trainable_weights(model)
@@ -116,14 +129,22 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
     assert metrics["num-examples"] == len(shard_texts)
 
     evaluation = app(
-        Message(RecordDict({"arrays": to_record(glob), "config": ConfigRecord({})}),
-                dst_node_id=1, message_type="evaluate"),
+        Message(
+            RecordDict({"arrays": to_record(glob), "config": ConfigRecord({})}),
+            dst_node_id=1,
+            message_type="evaluate",
+        ),
         _context(scenario, 1),
     )
     assert set(evaluation.content.keys()) == {"metrics"}
     eval_metrics = dict(evaluation.content.metric_records["metrics"])
-    assert set(eval_metrics) == {"num-examples", "partition-id", "eval_loss", "eval_accuracy",
-                                 "eval_macro_f1"}
+    assert set(eval_metrics) == {
+        "num-examples",
+        "partition-id",
+        "eval_loss",
+        "eval_accuracy",
+        "eval_macro_f1",
+    }
     assert all(isinstance(v, (int, float)) for v in eval_metrics.values())
 
 
@@ -135,8 +156,9 @@ def test_train_steps_counts_examples_and_learns(make_scenario, accum: int) -> No
     model = load_model(scenario.model.name, fed.label_names, scenario.seed)
     data = tokenize(fed.pool, tokenizer, 32)
     cfg = TrainingConfig(local_epochs=3, batch_size=16, lr=5e-3, grad_accum_steps=accum)
-    first = train_steps(model, make_loader(data, tokenizer, 16, 0), cfg, torch.device("cpu"),
-                        max_examples=len(data))
+    first = train_steps(
+        model, make_loader(data, tokenizer, 16, 0), cfg, torch.device("cpu"), max_examples=len(data)
+    )
     later = train_steps(model, make_loader(data, tokenizer, 16, 1), cfg, torch.device("cpu"))
     assert first.num_examples == len(data)
     assert later.num_examples == 3 * len(data)

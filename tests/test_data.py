@@ -112,7 +112,14 @@ def test_builtin_airline_tweets() -> None:
     assert 14_000 < len(ds) < 15_000
     assert set(ds[LABEL]) == {"negative", "neutral", "positive"}
     counts = Counter(ds["airline"])
-    assert set(counts) == {"united", "usairways", "americanair", "southwestair", "jetblue", "virginamerica"}
+    assert set(counts) == {
+        "united",
+        "usairways",
+        "americanair",
+        "southwestair",
+        "jetblue",
+        "virginamerica",
+    }
     assert all("@" + ds["airline"][i] in ds["text"][i].lower() for i in range(0, len(ds), 97))
 
 

@@ -42,7 +42,9 @@ def check_outputs(run_dir: Path, mode: str, rounds: int, clients: int) -> dict:
     model_dir = Path(summary["model_dir"])
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    logits = model(**tokenizer(["great thanks", "late again"], return_tensors="pt", padding=True)).logits
+    logits = model(
+        **tokenizer(["great thanks", "late again"], return_tensors="pt", padding=True)
+    ).logits
     assert logits.shape == (2, len(model.config.id2label))
     return {"summary": summary, "lines": lines}
 
@@ -61,7 +63,11 @@ def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> Non
         assert sorted(c["partition-id"] for c in line["clients"]["evaluate"]) == [0, 1]
         assert 0.0 <= line["federated_evaluate"]["eval_accuracy"] <= 1.0
         assert "per_class" in line["central"]
-    labels = set(AutoModelForSequenceClassification.from_pretrained(run_dir / "model").config.id2label.values())
+    labels = set(
+        AutoModelForSequenceClassification.from_pretrained(
+            run_dir / "model"
+        ).config.id2label.values()
+    )
     assert labels == {"negative", "neutral", "positive"}
 
 
@@ -78,12 +84,17 @@ def test_centralized_baseline(make_scenario, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["--set", "federation.rounds=0"], "federation.rounds: Input should be greater than or equal to 1"),
+        (
+            ["--set", "federation.rounds=0"],
+            "federation.rounds: Input should be greater than or equal to 1",
+        ),
         (["--set", "data.source=/nonexistent/data.csv"], "'/nonexistent/data.csv': file not found"),
         (["--set", "data.label_column=stars"], "data.label_column 'stars' not among the columns"),
         (["--set", "model.name=/tmp"], "directory has no config.json, not a model"),
-        (["--set", "partition.num_clients=500", "--set", "federation.min_available_nodes=1"],
-         "only 240 examples"),
+        (
+            ["--set", "partition.num_clients=500", "--set", "federation.min_available_nodes=1"],
+            "only 240 examples",
+        ),
         (["--set", "federation.rounds"], "expected dotted.key=value"),
     ],
 )
@@ -101,10 +112,21 @@ def test_real_embedded_model_beats_round_zero(tmp_path: Path) -> None:
     """The shipped quickstart, shrunk to a few hundred real airline tweets."""
     run_dir = tmp_path / "real"
     result = fedtune(
-        "run", "quickstart", "--quiet", "--output", str(run_dir),
-        "--set", "data.max_samples=400", "--set", "partition.num_clients=2",
-        "--set", "federation.min_available_nodes=2", "--set", "federation.rounds=2",
-        "--set", "model.max_length=48",
+        "run",
+        "quickstart",
+        "--quiet",
+        "--output",
+        str(run_dir),
+        "--set",
+        "data.max_samples=400",
+        "--set",
+        "partition.num_clients=2",
+        "--set",
+        "federation.min_available_nodes=2",
+        "--set",
+        "federation.rounds=2",
+        "--set",
+        "model.max_length=48",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((run_dir / "summary.json").read_text())["history"]
@@ -117,13 +139,29 @@ def test_flwr_run_uses_the_same_app(make_scenario, tmp_path: Path) -> None:
     scenario = make_scenario(federation={"rounds": 1, "min_available_nodes": 2})
     path = write_scenario(scenario, tmp_path / "tiny.yaml")
     flwr_home = tmp_path / "flwr-home"
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
     flwr = Path(sys.executable).with_name("flwr")
     try:
         result = subprocess.run(
-            [str(flwr), "run", str(root), "--stream", "--run-config", f'scenario="{path}"',
-             "--federation-config", "num-supernodes=2"],
-            cwd=root, env=env, capture_output=True, text=True, timeout=600,
+            [
+                str(flwr),
+                "run",
+                str(root),
+                "--stream",
+                "--run-config",
+                f'scenario="{path}"',
+                "--federation-config",
+                "num-supernodes=2",
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     finally:  # the local SuperLink that `flwr run` started lives on; stop it
         subprocess.run(["pkill", "-f", str(flwr_home)], check=False)
