@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
+from pathlib import Path
 
 from fedtune.config import ScenarioError, load_scenario, parse_override
 from fedtune.data import DataError
@@ -33,11 +35,38 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--quiet", action="store_true", help="no progress output")
         if name == "run":
             cmd.add_argument("--verbose", action="store_true", help="Flower and Ray logs too")
+    report = sub.add_parser("report", help="write report.md/report.html (and figures) for a run")
+    report.add_argument("run_dir")
+    comp = sub.add_parser("compare", help="overlay curves and tabulate several runs")
+    comp.add_argument("run_dirs", nargs="+")
+    comp.add_argument(
+        "--output", help="where to write compare.md/.html/.png (default runs/compare-<time>)"
+    )
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedtune import report
+
+    if args.command == "report":
+        print(report.write_report(Path(args.run_dir)))
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(args.output or f"runs/compare-{stamp}")
+        print(report.compare([Path(d) for d in args.run_dirs], out))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("report", "compare"):
+        from fedtune.report import RunDirError
+
+        try:
+            return _report(args)
+        except RunDirError as exc:
+            print(f"fedtune: error: {exc}", file=sys.stderr)
+            return 2
     try:
         overrides = dict(parse_override(item) for item in args.overrides)
         if args.output:

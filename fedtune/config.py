@@ -92,6 +92,8 @@ class OutputConfig(Section):
     dir: str | None = None
     """Run directory; default `runs/<name>-<timestamp>/`."""
     save_model: bool = True
+    tensorboard: bool = True
+    """Write TensorBoard events to `<run dir>/tensorboard` (when tensorboard is installed)."""
 
 
 class Scenario(Section):

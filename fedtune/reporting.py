@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +18,10 @@ from rich.console import Console
 from fedtune.config import Scenario
 
 CENTRAL_KEYS = ("accuracy", "macro_f1", "loss")
+LOGGERS = ("flwr", "fedtune")
+log = logging.getLogger("fedtune")
+log.setLevel(logging.INFO)
+log.propagate = False  # the console gets rich output; the run dir gets run.log
 
 
 def default_run_dir(scenario: Scenario, mode: str = "") -> Path:
@@ -104,17 +110,18 @@ class Progress:
         self.round_start = now
         if server_round > 0:
             self.round_seconds.append(seconds)
-        self.console.print(
+        line = (
             f"round {server_round}/{self.total}  accuracy {metrics['accuracy']:.4f}  "
-            f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}  "
-            f"({seconds:.1f}s)"
+            f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}  ({seconds:.1f}s)"
         )
+        self.console.print(line)
+        log.info(line)
         return seconds
 
 
 class RunRecorder:
-    """Collects per-round metrics and writes summary.json, metrics.jsonl, partition.json
-    and the model directory into one run directory."""
+    """Collects per-round metrics and writes summary.json, metrics.jsonl, partition.json,
+    run.log, TensorBoard events, figures and the model directory into one run directory."""
 
     def __init__(self, run_dir: Path, scenario: Scenario, mode: str, num_clients: int) -> None:
         self.run_dir = Path(run_dir)
@@ -123,15 +130,29 @@ class RunRecorder:
         self.num_clients = num_clients
         self.history: list[dict] = []
         self.lines: list[str] = []
-        self.clients: dict[str, list[dict]] = {"train": [], "evaluate": []}
+        self._new_round()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "scenario.json", scenario.model_dump(mode="json"))
+        self.log_handler = logging.FileHandler(self.run_dir / "run.log", encoding="utf-8")
+        self.log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        for name in LOGGERS:
+            logging.getLogger(name).addHandler(self.log_handler)
+        self.tensorboard = (
+            _tensorboard_writer(self.run_dir) if scenario.output.tensorboard else None
+        )
+
+    def _new_round(self) -> None:
+        self.clients: dict[str, list[dict]] = {"train": [], "evaluate": []}
+        self.bytes = {"bytes_down": 0, "bytes_up": 0}
 
     def write_partition(self, table: dict) -> None:
         write_json(self.run_dir / "partition.json", table)
 
-    def client_reply(self, kind: str, metrics: dict) -> None:
-        self.clients[kind].append(metrics)
+    def exchange(self, kind: str, clients: list[dict], bytes_down: int, bytes_up: int) -> None:
+        """Record one round trip with the clients (train or evaluate)."""
+        self.clients[kind].extend(clients)
+        self.bytes["bytes_down"] += bytes_down
+        self.bytes["bytes_up"] += bytes_up
 
     def round_done(
         self, server_round: int, central: dict, seconds: float, federated: dict | None = None
@@ -142,14 +163,17 @@ class RunRecorder:
         self.history.append(entry)
         line = {
             **entry,
+            **self.bytes,
             "central": central,
             "federated_evaluate": federated or {},
             "clients": self.clients,
         }
-        self.clients = {"train": [], "evaluate": []}
+        self._new_round()
         self.lines.append(json.dumps(line))
         write_atomic(self.run_dir / "metrics.jsonl", "\n".join(self.lines) + "\n")
         self.write_summary()
+        if self.tensorboard is not None:
+            _tensorboard_round(self.tensorboard, line)
 
     def save_model(self, model: Any, tokenizer: Any) -> None:
         def save(tmp: Path) -> None:
@@ -161,6 +185,7 @@ class RunRecorder:
     def write_summary(self) -> dict:
         last = self.history[-1] if self.history else {}
         model_dir = self.run_dir / "model"
+        rounds = [json.loads(line) for line in self.lines]
         summary = {
             "scenario": self.scenario.name,
             "mode": self.mode,
@@ -170,7 +195,42 @@ class RunRecorder:
             "history": self.history,
             "model_dir": str(model_dir) if model_dir.is_dir() else None,
             "wall_seconds": round(sum(h["seconds"] for h in self.history), 3),
+            "bytes_up_total": sum(r["bytes_up"] for r in rounds),
+            "bytes_down_total": sum(r["bytes_down"] for r in rounds),
             "run_dir": str(self.run_dir),
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def finish(self) -> dict:
+        """Write the final summary and figures; detach the log file."""
+        from fedtune.report import make_figures  # matplotlib only when a run ends
+
+        summary = self.write_summary()
+        make_figures(self.run_dir)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(self.log_handler)
+        self.log_handler.close()
+        return summary
+
+
+def _tensorboard_writer(run_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter in `run_dir/tensorboard`, if tensorboard is installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _tensorboard_round(writer: Any, line: dict) -> None:
+    step = line["round"]
+    for key in CENTRAL_KEYS:
+        writer.add_scalar(f"central/{key}", line[key], step)
+    for key, value in line["federated_evaluate"].items():
+        writer.add_scalar(f"federated/{key}", value, step)
+    for key in ("bytes_up", "bytes_down"):
+        writer.add_scalar(f"communication/{key}", line[key], step)
+    writer.flush()

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import datasets
+from flwr.common.logger import console_handler
 from flwr.simulation import run_simulation
 
 from fedtune.client import build_client_app
@@ -48,7 +49,8 @@ def run_federated(scenario: Scenario, quiet: bool = False, verbose: bool = False
     run_dir = prepare_run_dir(scenario, "")
     resources = scenario.federation.client_resources
     flwr_logger = logging.getLogger("flwr")
-    flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    flwr_logger.setLevel(logging.INFO)  # all of it into run.log ...
+    console_handler.setLevel(logging.INFO if verbose else logging.WARNING)  # ... less on screen
     flwr_logger.addFilter(_DropDeprecation())
     # Ray's notice about a future default; fedtune relies on today's (CPU-only clients
     # get no GPU when num_gpus is 0).
@@ -97,7 +99,8 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     )
     device = pick_device()
     recorder = RunRecorder(run_dir, scenario, "centralized", scenario.partition.num_clients)
-    done_rounds = [0]
+    budget = per_round * fl.rounds
+    rounds_done = 0
 
     def checkpoint(server_round: int) -> None:
         metrics = evaluate(model, test_loader, device, fed.label_names)
@@ -106,14 +109,15 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
         model.train()
 
     def on_step(seen: int) -> None:
-        progress.update(done_rounds[0] + 1, f"training: {seen}/{per_round * fl.rounds} examples")
-        while done_rounds[0] < fl.rounds and seen >= per_round * (done_rounds[0] + 1):
-            done_rounds[0] += 1
-            checkpoint(done_rounds[0])
+        nonlocal rounds_done
+        progress.update(rounds_done + 1, f"training: {seen}/{budget} examples")
+        while rounds_done < fl.rounds and seen >= per_round * (rounds_done + 1):
+            rounds_done += 1
+            checkpoint(rounds_done)
 
     with Progress(fl.rounds, quiet=quiet) as progress:
         checkpoint(0)
-        train_steps(model, train_loader, cfg, device, per_round * fl.rounds, on_step)
+        train_steps(model, train_loader, cfg, device, budget, on_step)
     if scenario.output.save_model:
         recorder.save_model(model, tokenizer)
-    return recorder.write_summary()
+    return recorder.finish()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,33 @@ from fedtune.reporting import CENTRAL_KEYS, Progress, RunRecorder, default_run_d
 from fedtune.strategies import aggregate_client_metrics, build_strategy
 from fedtune.train import evaluate, pick_device
 
-RepliesCallback = Callable[[str, int, list[Message]], None]
+
+def payload_bytes(message: Message) -> int:
+    """Bytes of the arrays a message carries (Flower's ArrayRecord.count_bytes)."""
+    return sum(record.count_bytes() for record in message.content.array_records.values())
+
+
+@dataclass
+class Exchange:
+    """One finished send-and-receive: what was sent, what came back."""
+
+    kind: str
+    server_round: int
+    replies: list[Message]
+    bytes_down: int
+    bytes_up: int
 
 
 class ObservedGrid(Grid):
     """A Grid that reports each reply as it arrives (progress) and each finished
-    exchange (per-client metrics); everything else is the wrapped Grid's."""
+    exchange (per-client metrics, bytes); everything else is the wrapped Grid's."""
 
-    def __init__(self, grid: Grid, progress: Progress, on_replies: RepliesCallback) -> None:
+    def __init__(
+        self, grid: Grid, progress: Progress, on_exchange: Callable[[Exchange], None]
+    ) -> None:
         self.grid = grid
         self.progress = progress
-        self.on_replies = on_replies
+        self.on_exchange = on_exchange
 
     def set_run(self, run_id: int) -> None:
         self.grid.set_run(run_id)
@@ -65,6 +82,7 @@ class ObservedGrid(Grid):
             return []
         kind = messages[0].metadata.message_type
         server_round = int(messages[0].content["config"].get("server-round", 0))
+        bytes_down = sum(payload_bytes(m) for m in messages)
         pending = set(self.push_messages(messages))
         total, replies = len(pending), []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -77,7 +95,8 @@ class ObservedGrid(Grid):
                 self.progress.phase(server_round, kind, len(replies), total)
             else:
                 time.sleep(0.1)
-        self.on_replies(kind, server_round, replies)
+        bytes_up = sum(payload_bytes(r) for r in replies if r.has_content())
+        self.on_exchange(Exchange(kind, server_round, replies, bytes_down, bytes_up))
         return replies
 
 
@@ -108,12 +127,17 @@ def run_server(grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = Fals
     device = pick_device()
     federated: dict[int, dict] = {}
 
-    def on_replies(kind: str, server_round: int, replies: list[Message]) -> None:
-        for reply in replies:
-            recorder.client_reply(kind, _client_metrics(reply))
-        ok = [r.content for r in replies if not r.has_error()]
-        if kind == "evaluate" and ok:
-            federated[server_round] = dict(aggregate_client_metrics(ok, "num-examples"))
+    def on_exchange(exchange: Exchange) -> None:
+        recorder.exchange(
+            exchange.kind,
+            [_client_metrics(r) for r in exchange.replies],
+            exchange.bytes_down,
+            exchange.bytes_up,
+        )
+        ok = [r.content for r in exchange.replies if not r.has_error()]
+        if exchange.kind == "evaluate" and ok:
+            agg = aggregate_client_metrics(ok, "num-examples")
+            federated[exchange.server_round] = dict(agg)
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_weights(model, from_record(arrays))
@@ -125,7 +149,7 @@ def run_server(grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = Fals
     strategy = build_strategy(scenario.federation, evaluate=scenario.data.val_size > 0)
     with Progress(scenario.federation.rounds, quiet=quiet) as progress:
         result = strategy.start(
-            grid=ObservedGrid(grid, progress, on_replies),
+            grid=ObservedGrid(grid, progress, on_exchange),
             initial_arrays=to_record(trainable_weights(model)),
             num_rounds=scenario.federation.rounds,
             timeout=scenario.federation.round_timeout,
@@ -134,7 +158,7 @@ def run_server(grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = Fals
     load_weights(model, from_record(result.arrays))
     if scenario.output.save_model:
         recorder.save_model(model, tokenizer)
-    return recorder.write_summary()
+    return recorder.finish()
 
 
 def build_server_app(

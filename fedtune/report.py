@@ -1,0 +1,296 @@
+"""Looking at finished runs: figures, `fedtune report` and `fedtune compare`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedtune.reporting import CENTRAL_KEYS, write_atomic  # noqa: E402
+
+FIGURE_SIZE = (7.0, 4.0)
+DPI = 100
+
+
+class RunDirError(ValueError):
+    """A directory is not a fedtune run."""
+
+
+def read_run(run_dir: Path) -> dict:
+    """summary.json, the metrics.jsonl lines and (if present) partition.json and the scenario."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").is_file() or not (run_dir / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run_dir}: not a fedtune run (no summary.json/metrics.jsonl)")
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    optional = {
+        name: json.loads((run_dir / f"{name}.json").read_text(encoding="utf-8"))
+        for name in ("partition", "scenario")
+        if (run_dir / f"{name}.json").is_file()
+    }
+    return {
+        "dir": run_dir,
+        "summary": json.loads((run_dir / "summary.json").read_text(encoding="utf-8")),
+        "rounds": [json.loads(line) for line in lines if line.strip()],
+        **optional,
+    }
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(run: dict, path: Path) -> Path:
+    """Accuracy, macro-F1 and loss per round: centralized test split and federated evaluation."""
+    rounds = run["rounds"]
+    x = [r["round"] for r in rounds]
+    fig, (left, right) = plt.subplots(1, 2, figsize=FIGURE_SIZE)
+    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        left.plot(x, [r[key] for r in rounds], marker="o", label=f"test {label}")
+        fed = [(r["round"], r["federated_evaluate"].get(f"eval_{key}")) for r in rounds]
+        fed = [(i, v) for i, v in fed if v is not None]
+        if fed:
+            left.plot(*zip(*fed, strict=True), marker="x", ls="--", label=f"clients {label}")
+    right.plot(x, [r["loss"] for r in rounds], marker="o", label="test loss")
+    train = [
+        (r["round"], _mean(c.get("train_loss") for c in r["clients"]["train"])) for r in rounds
+    ]
+    train = [(i, v) for i, v in train if v is not None]
+    if train:
+        right.plot(*zip(*train, strict=True), marker="x", ls="--", label="client train loss")
+    for ax, title in ((left, "quality"), (right, "loss")):
+        ax.set(xlabel="round", title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _mean(values: object) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def plot_client_spread(run: dict, path: Path) -> Path | None:
+    """Per-client validation accuracy per round (box plot): who the global model serves."""
+    data = [
+        (r["round"], [c["eval_accuracy"] for c in r["clients"]["evaluate"] if "eval_accuracy" in c])
+        for r in run["rounds"]
+    ]
+    data = [(i, accs) for i, accs in data if accs]
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    ax.boxplot([accs for _, accs in data], tick_labels=[str(i) for i, _ in data])
+    ax.set(xlabel="round", ylabel="client validation accuracy", title="per-client accuracy")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_partition(run: dict, path: Path) -> Path | None:
+    """Heat map of label counts per client."""
+    table = run.get("partition")
+    if not table:
+        return None
+    labels = table["labels"]
+    counts = [[c["label_counts"][label] for label in labels] for c in table["clients"]]
+    names = [c["name"] for c in table["clients"]]
+    fig, ax = plt.subplots(figsize=(FIGURE_SIZE[0], max(2.5, 0.35 * len(names) + 1.5)))
+    image = ax.imshow(counts, aspect="auto", cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(names)), names)
+    if len(names) * len(labels) <= 200:
+        for i, row in enumerate(counts):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="examples")
+    ax.set_title("label distribution per client")
+    return _save(fig, path)
+
+
+def plot_series(run: dict, keys: tuple[str, ...], ylabel: str, path: Path) -> Path | None:
+    """Per-round scalar series stored at the top of each metrics line (bytes, epsilon...)."""
+    rounds = [r for r in run["rounds"] if any(r.get(k) for k in keys)]
+    if not rounds:
+        return None
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    for key in keys:
+        ax.plot(
+            [r["round"] for r in rounds], [r.get(key, 0) for r in rounds], marker="o", label=key
+        )
+    ax.set(xlabel="round", ylabel=ylabel, title=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def make_figures(run_dir: Path) -> list[Path]:
+    """Write every figure that the run's data supports into `run_dir/figures/`."""
+    run = read_run(run_dir)
+    out = Path(run_dir) / "figures"
+    out.mkdir(exist_ok=True)
+    made = [
+        plot_curves(run, out / "curves.png"),
+        plot_client_spread(run, out / "client_accuracy.png"),
+        plot_partition(run, out / "partition.png"),
+        plot_series(run, ("bytes_up", "bytes_down"), "bytes per round", out / "bytes.png"),
+        plot_series(run, ("epsilon",), "privacy spent (epsilon)", out / "epsilon.png"),
+    ]
+    return [p for p in made if p is not None]
+
+
+def _markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _html(markdown_text: str, base: Path, title: str) -> str:
+    """Self-contained HTML: the markdown rendered, PNGs inlined as data URIs."""
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+    def inline(match: re.Match) -> str:
+        data = base64.b64encode((base / match.group(1)).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
+    style += "td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def write_report(run_dir: Path) -> Path:
+    """`report.md` and a self-contained `report.html` in the run directory."""
+    run = read_run(run_dir)
+    figures = make_figures(run_dir)
+    summary, run_dir = run["summary"], Path(run_dir)
+    final = summary["final"]
+    parts = [
+        f"# fedtune run: {summary['scenario']} ({summary['mode']})",
+        _markdown_table(
+            [
+                "clients",
+                "rounds",
+                "accuracy",
+                "macro-F1",
+                "loss",
+                "wall s",
+                "bytes up",
+                "bytes down",
+            ],
+            [
+                [
+                    summary["num_clients"],
+                    summary["rounds_completed"],
+                    final["accuracy"],
+                    final["macro_f1"],
+                    final["loss"],
+                    summary["wall_seconds"],
+                    summary.get("bytes_up_total", 0),
+                    summary.get("bytes_down_total", 0),
+                ]
+            ],
+        ),
+        "## Figures",
+        *(f"![{p.stem}](figures/{p.name})" for p in figures),
+    ]
+    if "partition" in run:
+        table = run["partition"]
+        parts += [
+            "## Partition",
+            _markdown_table(
+                ["client", "examples", *table["labels"]],
+                [
+                    [c["name"], c["num_examples"], *c["label_counts"].values()]
+                    for c in table["clients"]
+                ],
+            ),
+        ]
+    per_class = run["rounds"][-1]["central"].get("per_class", {})
+    classes = [k for k, v in per_class.items() if isinstance(v, dict)]
+    if classes:
+        parts += [
+            "## Final classification report (server test split)",
+            _markdown_table(
+                ["class", "precision", "recall", "F1", "support"],
+                [
+                    [
+                        k,
+                        *(per_class[k][m] for m in ("precision", "recall", "f1-score")),
+                        int(per_class[k]["support"]),
+                    ]
+                    for k in classes
+                ],
+            ),
+        ]
+    if "scenario" in run:
+        parts += [
+            "## Scenario",
+            "```yaml\n" + yaml.safe_dump(run["scenario"], sort_keys=False) + "```",
+        ]
+    text = "\n\n".join(parts) + "\n"
+    write_atomic(run_dir / "report.md", text)
+    write_atomic(run_dir / "report.html", _html(text, run_dir, f"fedtune {summary['scenario']}"))
+    return run_dir / "report.md"
+
+
+def compare(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Overlay the runs' test curves and tabulate final metrics, bytes and time."""
+    runs = [read_run(d) for d in run_dirs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"{r['summary']['scenario']} ({r['summary']['mode']}) [{r['dir'].name}]" for r in runs]
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 4.0))
+    for run, name in zip(runs, names, strict=True):
+        x = [r["round"] for r in run["rounds"]]
+        for ax, key in zip(axes, ("accuracy", "macro_f1", "loss"), strict=True):
+            ax.plot(x, [r[key] for r in run["rounds"]], marker="o", label=name)
+            ax.set(xlabel="round", title=f"test {key}")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    _save(fig, out_dir / "compare.png")
+    rows = [
+        [
+            name,
+            r["summary"]["rounds_completed"],
+            *(r["summary"]["final"][k] for k in CENTRAL_KEYS),
+            r["summary"]["wall_seconds"],
+            r["summary"].get("bytes_up_total", 0),
+        ]
+        for name, r in zip(names, runs, strict=True)
+    ]
+    text = (
+        "\n\n".join(
+            [
+                "# fedtune comparison",
+                _markdown_table(
+                    ["run", "rounds", "accuracy", "macro-F1", "loss", "wall s", "bytes up"], rows
+                ),
+                "![compare](compare.png)",
+            ]
+        )
+        + "\n"
+    )
+    write_atomic(out_dir / "compare.md", text)
+    write_atomic(out_dir / "compare.html", _html(text, out_dir, "fedtune comparison"))
+    return out_dir / "compare.md"
