@@ -42,7 +42,31 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--output", help="where to write compare.md/.html/.png (default runs/compare-<time>)"
     )
+    pred = sub.add_parser("predict", help="label texts with a saved model (label, probability)")
+    pred.add_argument("model_dir")
+    pred.add_argument("texts", nargs="*")
+    pred.add_argument("--file", help="a file of texts, one per line")
+    serve = sub.add_parser("serve", help="serve a saved model over HTTP (POST /predict)")
+    serve.add_argument("model_dir")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
     return parser
+
+
+def _use_model(args: argparse.Namespace) -> int:
+    from fedtune import serving
+
+    if args.command == "serve":
+        serving.serve(args.model_dir, args.host, args.port)
+        return 0
+    texts = list(args.texts)
+    if args.file:
+        texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line]
+    if not texts:
+        raise ValueError("give texts as arguments or --file FILE")
+    for text, pred in zip(texts, serving.Predictor(args.model_dir).predict(texts), strict=True):
+        print(f"{pred['label']}\t{pred['score']:.4f}\t{text}")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -59,6 +83,12 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("predict", "serve"):
+        try:
+            return _use_model(args)
+        except (ValueError, OSError) as exc:
+            print(f"fedtune: error: {exc}", file=sys.stderr)
+            return 2
     if args.command in ("report", "compare"):
         from fedtune.report import RunDirError
 

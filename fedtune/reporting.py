@@ -79,6 +79,7 @@ class Progress:
         self.start = time.monotonic()
         self.round_start = self.start
         self.round_seconds: list[float] = []
+        self.accuracy = ""
 
     def __enter__(self) -> Progress:
         self.status.__enter__()
@@ -97,7 +98,8 @@ class Progress:
     def update(self, server_round: int, text: str) -> None:
         elapsed = time.monotonic() - self.start
         self.status.update(
-            f"round {server_round}/{self.total} {text} [{elapsed:.0f}s elapsed{self._eta()}]"
+            f"round {server_round}/{self.total} {text}{self.accuracy} "
+            f"[{elapsed:.0f}s elapsed{self._eta()}]"
         )
 
     def phase(self, server_round: int, what: str, done: int, total: int) -> None:
@@ -114,6 +116,7 @@ class Progress:
             f"round {server_round}/{self.total}  accuracy {metrics['accuracy']:.4f}  "
             f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}  ({seconds:.1f}s)"
         )
+        self.accuracy = f", accuracy {metrics['accuracy']:.4f} after round {server_round}"
         self.console.print(line)
         log.info(line)
         return seconds

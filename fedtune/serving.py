@@ -3,7 +3,8 @@
 HTTP API: `GET /health` -> `{"status": "ok", "labels": [...]}`; `POST /predict` with
 `{"texts": ["...", ...]}` -> `{"predictions": [{"label": ..., "score": ...}, ...]}` in input
 order. Every invalid request (malformed JSON, missing or empty `texts`, a non-string item, more
-than `max_texts` texts, a text longer than `max_chars`) gets 422 and `{"detail": "<message>"}`.
+than `max_texts` texts, a text longer than `max_chars`) gets 422 and `{"detail": "<message>"}`;
+only a body that is not UTF-8 gets FastAPI's own 400.
 """
 
 import asyncio
@@ -19,6 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, StringConstraints
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # no "Loading weights" bars in `fedtune predict` output
 
 
 class Predictor:
@@ -131,6 +135,8 @@ def _error_message(error: dict) -> str:
     """One pydantic/FastAPI validation error as `where: what`."""
     if error["type"] == "json_invalid":
         return f"malformed JSON: {error['ctx']['error']} at character {error['loc'][-1]}"
+    if error["loc"] == ("body",) and isinstance(error.get("input"), bytes):
+        return "body: send a JSON object with Content-Type: application/json"
     where = ".".join(str(part) for part in error["loc"][1:]) or "body"
     return f"{where}: {error['msg']}"
 
@@ -144,9 +150,8 @@ def create_app(
 ) -> FastAPI:
     """The HTTP API around `predictor`; its micro-batcher is `app.state.batcher` while running."""
 
-    # Defined here for the limits; FastAPI resolves this annotation at runtime, which is why
-    # this module does not use `from __future__ import annotations`.
-
+    # A local class because its limits are arguments. FastAPI resolves `body: PredictRequest`
+    # at runtime, so this module must not use `from __future__ import annotations`.
     class PredictRequest(BaseModel):
         texts: list[Annotated[StrictStr, StringConstraints(max_length=max_chars)]] = Field(
             min_length=1, max_length=max_texts

@@ -39,6 +39,9 @@ def check_outputs(run_dir: Path, mode: str, rounds: int, clients: int) -> dict:
     assert summary["final"]["accuracy"] == summary["history"][-1]["accuracy"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == list(range(rounds + 1))
+    assert f"round {rounds}/{rounds}" in (run_dir / "run.log").read_text()
+    assert (run_dir / "figures" / "curves.png").stat().st_size > 5_000
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     model_dir = Path(summary["model_dir"])
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -1,0 +1,254 @@
+"""`fedtune.serving`: a tiny BERT trained here, used through `Predictor` and a real uvicorn
+server spoken to over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from fedtune.cli import main
+from fedtune.serving import MicroBatcher, Predictor, create_app
+
+POSITIVE = ["great", "love", "thanks", "friendly", "awesome", "smooth"]
+NEGATIVE = ["awful", "late", "rude", "lost", "delayed", "cancelled"]
+FILLER = ["flight", "gate", "seat", "ticket", "today", "crew"]
+NOT_IN_VOCAB = ["the", "was", "my", "and", "so", "!"]  # [UNK] to the tokenizer
+# Held out: word combinations never built in training, with unknown words and punctuation.
+HELD_OUT = [
+    ("Thanks, the crew was friendly!", "positive"),
+    ("delayed again and they lost my bag", "negative"),
+    ("awesome", "positive"),
+    ("rude gate agent, awful", "negative"),
+    ("love love love this smooth flight", "positive"),
+    ("cancelled " + "late " * 300, "negative"),  # 300+ tokens: truncated to the model's 64
+]
+MAX_TEXTS, MAX_CHARS = 8, 2000
+JSON = {"content-type": "application/json"}
+
+
+def _sample(rng: random.Random) -> tuple[str, int]:
+    label = rng.randrange(2)
+    words = [rng.choice((NEGATIVE, POSITIVE)[label]) for _ in range(rng.randint(1, 3))]
+    words += [rng.choice(FILLER + NOT_IN_VOCAB) for _ in range(rng.randint(0, 4))]
+    rng.shuffle(words)
+    return " ".join(words), label
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT trained here until it tells positive from negative words."""
+    torch.manual_seed(0)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, model_max_length=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    model = BertForSequenceClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)  # 1e-2 diverges for some seeds
+    rng = random.Random(0)
+    model.train()
+    for _ in range(60):
+        texts, labels = zip(*(_sample(rng) for _ in range(64)), strict=True)
+        inputs = tokenizer(list(texts), padding=True, return_tensors="pt")
+        model(**inputs, labels=torch.tensor(labels)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    texts, labels = zip(*(_sample(rng) for _ in range(256)), strict=True)
+    with torch.no_grad():
+        logits = model(**tokenizer(list(texts), padding=True, return_tensors="pt")).logits
+    assert logits.argmax(-1).tolist() == list(labels), "the tiny model did not learn the words"
+    path = tmp_path_factory.mktemp("tiny-sentiment")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir: Path) -> Predictor:
+    return Predictor(model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(predictor: Predictor) -> Iterator[tuple[str, FastAPI]]:
+    """A real uvicorn server on a free localhost port: (base URL, app)."""
+    app = create_app(predictor, max_texts=MAX_TEXTS, max_chars=MAX_CHARS)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    uv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def test_predictor_labels_held_out_texts_in_order(predictor: Predictor, model_dir: Path) -> None:
+    texts = [text for text, _ in HELD_OUT]
+    predictions = predictor.predict(texts)
+    assert [p["label"] for p in predictions] == [label for _, label in HELD_OUT]
+    assert all(0.5 < p["score"] <= 1 for p in predictions)
+    assert predictor.labels == ["negative", "positive"]
+    assert predictor.max_length == 64  # 128 asked, capped by the tokenizer's model_max_length
+    # Internal batching (batches of 2, padded differently) gives the same answers.
+    small_batches = Predictor(model_dir, batch_size=2).predict(texts)
+    assert [p["label"] for p in small_batches] == [p["label"] for p in predictions]
+    for small, full in zip(small_batches, predictions, strict=True):
+        assert small["score"] == pytest.approx(full["score"], abs=1e-5)
+    assert predictor.predict([]) == []
+
+
+def test_predictor_rejects_a_directory_that_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match="not a model directory: it has no config.json"):
+        Predictor(tmp_path)
+    with pytest.raises(ValueError, match="no config.json"):
+        Predictor(tmp_path / "missing")
+
+
+def test_micro_batcher_groups_requests_up_to_max_batch_texts(predictor: Predictor) -> None:
+    texts = [text for text, _ in HELD_OUT]
+    sizes = [1, 1, 2, 3, 2, 6, 1]
+    requests = [[texts[(i + j) % len(texts)] for j in range(n)] for i, n in enumerate(sizes)]
+
+    async def run() -> tuple[int, list[list[dict]]]:
+        batcher = MicroBatcher(predictor, max_batch=4, max_wait_ms=50)
+        worker = asyncio.create_task(batcher.run())
+        results = await asyncio.gather(*(batcher.predict(texts) for texts in requests))
+        worker.cancel()
+        return batcher.batches, results
+
+    batches, results = asyncio.run(run())
+    # [1, 1, 2] | [3] (3 + 2 > 4) | [2] | [6] (alone: more than max_batch) | [1]
+    assert batches == 5
+    for request, result in zip(requests, results, strict=True):
+        assert [p["label"] for p in result] == [p["label"] for p in predictor.predict(request)]
+
+
+def test_health(server: tuple[str, FastAPI]) -> None:
+    url, _ = server
+    response = httpx.get(f"{url}/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "labels": ["negative", "positive"]}
+
+
+def test_predict_endpoint(server: tuple[str, FastAPI], predictor: Predictor) -> None:
+    url, _ = server
+    texts = [text for text, _ in HELD_OUT]
+    response = httpx.post(f"{url}/predict", json={"texts": texts})
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == [label for _, label in HELD_OUT]
+    assert all(set(p) == {"label", "score"} and 0.5 < p["score"] <= 1 for p in predictions)
+    for served, direct in zip(predictions, predictor.predict(texts), strict=True):
+        assert served == {"label": direct["label"], "score": pytest.approx(direct["score"])}
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "message"),
+    [
+        ({"content": b'{"texts": ["great"', "headers": JSON}, "malformed JSON"),
+        ({"content": b"great", "headers": JSON}, "malformed JSON"),
+        ({"content": b'{"texts": ["great"]}'}, "Content-Type: application/json"),
+        ({"data": {"texts": "great"}}, "Content-Type: application/json"),
+        ({"json": {}}, "texts: Field required"),
+        ({"json": {"text": ["great"]}}, "texts: Field required"),
+        ({"json": ["great"]}, "body: Input should be a valid dictionary"),
+        ({"json": {"texts": []}}, "texts: List should have at least 1 item"),
+        ({"json": {"texts": "great"}}, "texts: Input should be a valid list"),
+        ({"json": {"texts": ["great", 3]}}, "texts.1: Input should be a valid string"),
+        ({"json": {"texts": ["great", None]}}, "texts.1: Input should be a valid string"),
+        ({"json": {"texts": ["great"] * (MAX_TEXTS + 1)}}, "texts: List should have at most 8"),
+        ({"json": {"texts": ["ok", "x" * (MAX_CHARS + 1)]}}, "texts.1: String should have at most"),
+    ],
+)
+def test_invalid_requests_are_rejected_with_422(
+    server: tuple[str, FastAPI], request_kwargs: dict, message: str
+) -> None:
+    url, _ = server
+    response = httpx.post(f"{url}/predict", **request_kwargs)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+def test_invalid_utf8_body_is_a_client_error(server: tuple[str, FastAPI]) -> None:
+    url, _ = server
+    response = httpx.post(
+        f"{url}/predict",
+        content=b'{"texts": ["\xff"]}',
+        headers={"content-type": "application/json"},
+    )
+    assert 400 <= response.status_code < 500, response.text
+
+
+def test_concurrent_requests_are_batched(server: tuple[str, FastAPI]) -> None:
+    url, app = server
+    rng = random.Random(1)
+    requests = []
+    for _ in range(200):
+        picked = rng.sample(HELD_OUT[:5], rng.randint(1, 3))
+        requests.append(([text for text, _ in picked], [label for _, label in picked]))
+
+    async def send_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(requests))
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post("/predict", json={"texts": texts}) for texts, _ in requests)
+            )
+
+    batches_before = app.state.batcher.batches
+    start = time.perf_counter()
+    responses = asyncio.run(send_all())
+    seconds = time.perf_counter() - start
+    batches = app.state.batcher.batches - batches_before
+    for response, (_, labels) in zip(responses, requests, strict=True):
+        assert response.status_code == 200
+        assert [p["label"] for p in response.json()["predictions"]] == labels
+    assert 0 < batches < len(requests)
+    print(
+        f"\n{len(requests)} concurrent requests in {seconds:.2f}s: "
+        f"{len(requests) / seconds:.0f} requests/s, {batches} model batches"
+    )
+
+
+def test_predict_command(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("so rude and late\n\nthanks, great crew\n")
+    assert main(["predict", str(model_dir), "love it, awesome", "--file", str(texts)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], r[2]) for r in rows] == [
+        ("positive", "love it, awesome"),
+        ("negative", "so rude and late"),
+        ("positive", "thanks, great crew"),
+    ]
+    assert all(0.5 < float(r[1]) <= 1.0 for r in rows)
+    assert main(["predict", str(tmp_path)]) == 2
+    assert "give texts" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "hello"]) == 2
+    assert "is not a model directory" in capsys.readouterr().err
