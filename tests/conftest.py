@@ -21,33 +21,41 @@ WORDS = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-wide random BERT and a WordPiece tokenizer that spells any word."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    words = sorted({w for ws in WORDS.values() for w in ws})
-    vocab = [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-        *chars,
-        *(f"##{c}" for c in chars),
-        *words,
-    ]
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
-    assert tokenizer.tokenize("Late #7") == ["late", "#", "7"]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_bert(
+    words: list[str], labels: list[str], max_length: int = 128
+) -> tuple[BertForSequenceClassification, BertTokenizerFast]:
+    """A 2-layer, 32-wide random BERT whose vocabulary is the special tokens plus `words`."""
+    vocab = [*SPECIAL_TOKENS, *words]
+    tokenizer = BertTokenizerFast(
+        vocab={token: i for i, token in enumerate(vocab)}, model_max_length=max_length
+    )
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=max_length,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
-    BertForSequenceClassification(config).save_pretrained(path)
+    return BertForSequenceClassification(config), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT whose WordPiece tokenizer spells any word; saved with 2 labels, so
+    loading it for 3 exercises a new classification head."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    words = sorted({w for ws in WORDS.values() for w in ws})
+    model, tokenizer = tiny_bert([*chars, *(f"##{c}" for c in chars), *words], ["a", "b"])
+    assert tokenizer.tokenize("Late #7") == ["late", "#", "7"]
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from conftest import tiny_bert
 from fastapi import FastAPI
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from fedtune.cli import main
 from fedtune.serving import MicroBatcher, Predictor, create_app
@@ -50,20 +50,7 @@ def _sample(rng: random.Random) -> tuple[str, int]:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT trained here until it tells positive from negative words."""
     torch.manual_seed(0)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
-    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, model_max_length=64)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
-    model = BertForSequenceClassification(config)
+    model, tokenizer = tiny_bert([*POSITIVE, *NEGATIVE, *FILLER], ["negative", "positive"], 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)  # 1e-2 diverges for some seeds
     rng = random.Random(0)
     model.train()
