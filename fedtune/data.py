@@ -1,12 +1,14 @@
 """Data: load a labelled text corpus, hold out the server's test split, partition the rest.
 
-Every process (server, each simulated client) derives the same split from the scenario and
-its seed, and caches it, so a client reads only its own partition and tokenizes it once.
+In simulation every process (server, each client worker) loads the corpus and derives the
+same split from the scenario and its seed, caches it, and a client trains only on its own
+partition, tokenized once.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -102,13 +104,15 @@ def load_file(cfg: DataConfig) -> datasets.Dataset:
 
 
 def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
-    """All examples of the source, shuffled with the seed, capped at max_samples, labels
-    encoded as a ClassLabel (names sorted)."""
+    """All examples of the source (exact duplicate texts dropped, first kept), shuffled
+    with the seed, capped at max_samples, labels encoded as a ClassLabel (names sorted)."""
     ds = load_tweets(cfg.source) if cfg.source in BUILTIN_SOURCES else load_file(cfg)
     if len(ds) == 0:
         raise DataError(f"data.source {cfg.source!r}: no examples")
     ds = ds.filter(lambda row: row[TEXT] is not None and row[LABEL] is not None)
     ds = ds.cast_column(TEXT, datasets.Value("string"))
+    # An exact duplicate could land in both the server's test split and a client's shard.
+    ds = ds.select(pd.Series(ds[TEXT]).drop_duplicates().index)
     if not isinstance(ds.features[LABEL], datasets.ClassLabel):
         ds = ds.class_encode_column(LABEL)
     ds = ds.shuffle(seed=seed).flatten_indices()
@@ -156,11 +160,18 @@ class FederatedData:
 
 
 def _split(ds: datasets.Dataset, size: float, seed: int) -> datasets.DatasetDict:
-    """Train/test split, stratified by label when every label has two examples."""
-    stratify = min(Counter(ds[LABEL]).values()) >= 2
-    return ds.train_test_split(
-        test_size=size, seed=seed, stratify_by_column=LABEL if stratify else None
+    """Train/test split, stratified by label when both sides can hold every label."""
+    counts = Counter(ds[LABEL])
+    n_test = math.ceil(size * len(ds))
+    stratify = (
+        min(counts.values()) >= 2 and n_test >= len(counts) and len(ds) - n_test >= len(counts)
     )
+    try:
+        return ds.train_test_split(
+            test_size=size, seed=seed, stratify_by_column=LABEL if stratify else None
+        )
+    except ValueError as exc:
+        raise DataError(f"cannot split {len(ds)} examples ({size=}): {exc}") from None
 
 
 def build_federated_data(scenario: Scenario) -> FederatedData:

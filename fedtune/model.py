@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -39,6 +40,16 @@ def resolve_model_source(name: str) -> str:
             raise ModelError(f"model.name {name!r}: directory has no config.json, not a model")
         return str(path)
     return name
+
+
+def check_model(name: str) -> None:
+    """Raise ModelError unless `name` resolves to a loadable config and tokenizer."""
+    source = resolve_model_source(name)
+    try:
+        AutoConfig.from_pretrained(source)
+        AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.name {name!r}: {str(exc).splitlines()[0]}") from None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

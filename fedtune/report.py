@@ -164,7 +164,7 @@ def _cell(value: object) -> str:
 
 def _html(markdown_text: str, base: Path, title: str) -> str:
     """Self-contained HTML: the markdown rendered, PNGs inlined as data URIs."""
-    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
 
     def inline(match: re.Match) -> str:
         data = base64.b64encode((base / match.group(1)).read_bytes()).decode()

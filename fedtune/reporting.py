@@ -60,6 +60,7 @@ def save_dir_atomic(path: Path, save: callable) -> None:
         tmp.chmod(0o755)
         save(tmp)
         old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             path.rename(old)
         tmp.rename(path)
@@ -143,6 +144,18 @@ class RunRecorder:
         self.tensorboard = (
             _tensorboard_writer(self.run_dir) if scenario.output.tensorboard else None
         )
+        self.totals = {"bytes_up_total": 0, "bytes_down_total": 0}
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Detach run.log and close TensorBoard, whether the run ended well or not."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(self.log_handler)
+        self.log_handler.close()
 
     def _new_round(self) -> None:
         self.clients: dict[str, list[dict]] = {"train": [], "evaluate": []}
@@ -156,6 +169,8 @@ class RunRecorder:
         self.clients[kind].extend(clients)
         self.bytes["bytes_down"] += bytes_down
         self.bytes["bytes_up"] += bytes_up
+        self.totals["bytes_down_total"] += bytes_down
+        self.totals["bytes_up_total"] += bytes_up
 
     def round_done(
         self, server_round: int, central: dict, seconds: float, federated: dict | None = None
@@ -188,7 +203,6 @@ class RunRecorder:
     def write_summary(self) -> dict:
         last = self.history[-1] if self.history else {}
         model_dir = self.run_dir / "model"
-        rounds = [json.loads(line) for line in self.lines]
         summary = {
             "scenario": self.scenario.name,
             "mode": self.mode,
@@ -198,24 +212,18 @@ class RunRecorder:
             "history": self.history,
             "model_dir": str(model_dir) if model_dir.is_dir() else None,
             "wall_seconds": round(sum(h["seconds"] for h in self.history), 3),
-            "bytes_up_total": sum(r["bytes_up"] for r in rounds),
-            "bytes_down_total": sum(r["bytes_down"] for r in rounds),
+            **self.totals,
             "run_dir": str(self.run_dir),
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
     def finish(self) -> dict:
-        """Write the final summary and figures; detach the log file."""
+        """Write the final summary and the figures."""
         from fedtune.report import make_figures  # matplotlib only when a run ends
 
         summary = self.write_summary()
         make_figures(self.run_dir)
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        for name in LOGGERS:
-            logging.getLogger(name).removeHandler(self.log_handler)
-        self.log_handler.close()
         return summary
 
 

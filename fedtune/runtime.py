@@ -16,10 +16,10 @@ from flwr.simulation import run_simulation
 from fedtune.client import build_client_app
 from fedtune.config import Scenario, ScenarioError
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
-from fedtune.model import load_model, load_tokenizer, resolve_model_source
+from fedtune.model import check_model
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
-from fedtune.server import build_server_app, seed_everything
-from fedtune.train import evaluate, pick_device, train_steps
+from fedtune.server import GlobalModel, build_server_app, seed_everything
+from fedtune.train import train_steps
 
 
 class _DropDeprecation(logging.Filter):
@@ -36,11 +36,11 @@ def prepare_run_dir(scenario: Scenario, mode: str) -> Path:
 
 
 def check_inputs(scenario: Scenario) -> None:
-    """Fail before any process starts: data loads, every shard is usable, model resolves."""
+    """Fail before any process starts: data loads, every shard is usable, model loads."""
     fed = federated_data(scenario)
     for pid in range(scenario.partition.num_clients):
         client_splits(fed, pid, scenario.data.val_size, scenario.seed)
-    resolve_model_source(scenario.model.name)
+    check_model(scenario.model.name)
 
 
 def run_federated(scenario: Scenario, quiet: bool = False, verbose: bool = False) -> dict:
@@ -80,44 +80,37 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     run_dir = prepare_run_dir(scenario, "centralized")
     seed_everything(scenario.seed)
     fed = federated_data(scenario)
-    cfg, fl = scenario.training, scenario.federation
-    shards = [
-        client_splits(fed, pid, scenario.data.val_size, scenario.seed)[0]
-        for pid in range(scenario.partition.num_clients)
-    ]
-    union = datasets.concatenate_datasets(shards)
-    # Each round trains ~fraction_train of the clients for local_epochs on their shards.
-    per_round = max(1, math.ceil(fl.fraction_train * cfg.local_epochs * len(union)))
-    tokenizer = load_tokenizer(scenario.model.name)
-    model = load_model(scenario.model.name, fed.label_names, scenario.seed)
-    max_length = scenario.model.max_length
-    train_loader = make_loader(
-        tokenize(union, tokenizer, max_length), tokenizer, cfg.batch_size, scenario.seed
+    cfg, fl, n = scenario.training, scenario.federation, scenario.partition.num_clients
+    union = datasets.concatenate_datasets(
+        [client_splits(fed, pid, scenario.data.val_size, scenario.seed)[0] for pid in range(n)]
     )
-    test_loader = make_loader(
-        tokenize(fed.test, tokenizer, max_length), tokenizer, cfg.eval_batch_size
-    )
-    device = pick_device()
-    recorder = RunRecorder(run_dir, scenario, "centralized", scenario.partition.num_clients)
+    # Each round FedAvg trains max(int(n * fraction_train), min_train_nodes) of the n clients.
+    share = max(int(n * fl.fraction_train), fl.min_train_nodes) / n
+    per_round = max(1, math.ceil(share * cfg.local_epochs * len(union)))
     budget = per_round * fl.rounds
+    server = GlobalModel.load(scenario, fed)
+    train = tokenize(union, server.tokenizer, scenario.model.max_length)
+    train_loader = make_loader(train, server.tokenizer, cfg.batch_size, scenario.seed)
     rounds_done = 0
+    with (
+        RunRecorder(run_dir, scenario, "centralized", n) as recorder,
+        Progress(fl.rounds, quiet=quiet) as progress,
+    ):
 
-    def checkpoint(server_round: int) -> None:
-        metrics = evaluate(model, test_loader, device, fed.label_names)
-        seconds = progress.round_done(server_round, metrics)
-        recorder.round_done(server_round, metrics, seconds)
-        model.train()
+        def checkpoint(server_round: int) -> None:
+            metrics = server.evaluate()
+            recorder.round_done(server_round, metrics, progress.round_done(server_round, metrics))
+            server.model.train()
 
-    def on_step(seen: int) -> None:
-        nonlocal rounds_done
-        progress.update(rounds_done + 1, f"training: {seen}/{budget} examples")
-        while rounds_done < fl.rounds and seen >= per_round * (rounds_done + 1):
-            rounds_done += 1
-            checkpoint(rounds_done)
+        def on_step(seen: int) -> None:
+            nonlocal rounds_done
+            progress.update(rounds_done + 1, f"training: {seen}/{budget} examples")
+            while rounds_done < fl.rounds and seen >= per_round * (rounds_done + 1):
+                rounds_done += 1
+                checkpoint(rounds_done)
 
-    with Progress(fl.rounds, quiet=quiet) as progress:
         checkpoint(0)
-        train_steps(model, train_loader, cfg, device, budget, on_step)
-    if scenario.output.save_model:
-        recorder.save_model(model, tokenizer)
-    return recorder.finish()
+        train_steps(server.model, train_loader, cfg, server.device, budget, on_step)
+        if scenario.output.save_model:
+            recorder.save_model(server.model, server.tokenizer)
+        return recorder.finish()

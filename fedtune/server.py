@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedtune.config import Scenario, scenario_from_run_config
-from fedtune.data import federated_data, label_table, make_loader, tokenize
+from fedtune.data import FederatedData, federated_data, label_table, make_loader, tokenize
 from fedtune.model import (
     from_record,
     load_model,
@@ -66,7 +68,7 @@ class ObservedGrid(Grid):
         return self.grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
+        return sorted(self.grid.get_node_ids())
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(messages)
@@ -107,58 +109,85 @@ def _client_metrics(reply: Message) -> dict:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python (Flower's node sampling), numpy and torch."""
+    """Seed Python (Flower's node sampling), numpy and torch in this process."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
+@dataclass
+class GlobalModel:
+    """The model the server holds and the held-out test split it is evaluated on."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    test_loader: DataLoader
+    label_names: tuple[str, ...]
+    device: torch.device
+
+    @classmethod
+    def load(cls, scenario: Scenario, fed: FederatedData) -> GlobalModel:
+        tokenizer = load_tokenizer(scenario.model.name)
+        model = load_model(scenario.model.name, fed.label_names, scenario.seed)
+        test = tokenize(fed.test, tokenizer, scenario.model.max_length)
+        loader = make_loader(test, tokenizer, scenario.training.eval_batch_size)
+        return cls(model, tokenizer, loader, fed.label_names, pick_device())
+
+    def evaluate(self) -> dict:
+        return evaluate(self.model, self.test_loader, self.device, self.label_names)
+
+
+def check_node_count(grid: Grid, num_clients: int) -> None:
+    """Refuse a federation with more nodes than the scenario has clients (their partition
+    ids would not exist); fewer nodes make Flower wait for `min_available_nodes`."""
+    nodes = len(list(grid.get_node_ids()))
+    if nodes > num_clients:
+        raise ValueError(
+            f"the federation has {nodes} nodes but partition.num_clients={num_clients}; "
+            f"start it with num-supernodes={num_clients}"
+        )
+
+
 def run_server(grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = False) -> dict:
     """Run the federation on `grid` and write every output into `run_dir`."""
     seed_everything(scenario.seed)
+    check_node_count(grid, scenario.partition.num_clients)
     fed = federated_data(scenario)
-    num_clients = scenario.partition.num_clients
-    recorder = RunRecorder(run_dir, scenario, "federated", num_clients)
-    recorder.write_partition(label_table(fed))
-    tokenizer = load_tokenizer(scenario.model.name)
-    model = load_model(scenario.model.name, fed.label_names, scenario.seed)
-    test = tokenize(fed.test, tokenizer, scenario.model.max_length)
-    test_loader = make_loader(test, tokenizer, scenario.training.eval_batch_size)
-    device = pick_device()
+    server = GlobalModel.load(scenario, fed)
     federated: dict[int, dict] = {}
+    with (
+        RunRecorder(run_dir, scenario, "federated", scenario.partition.num_clients) as recorder,
+        Progress(scenario.federation.rounds, quiet=quiet) as progress,
+    ):
+        recorder.write_partition(label_table(fed))
 
-    def on_exchange(exchange: Exchange) -> None:
-        recorder.exchange(
-            exchange.kind,
-            [_client_metrics(r) for r in exchange.replies],
-            exchange.bytes_down,
-            exchange.bytes_up,
-        )
-        ok = [r.content for r in exchange.replies if not r.has_error()]
-        if exchange.kind == "evaluate" and ok:
-            agg = aggregate_client_metrics(ok, "num-examples")
-            federated[exchange.server_round] = dict(agg)
+        def on_exchange(exchange: Exchange) -> None:
+            clients = [_client_metrics(r) for r in exchange.replies]
+            recorder.exchange(exchange.kind, clients, exchange.bytes_down, exchange.bytes_up)
+            ok = [r.content for r in exchange.replies if not r.has_error()]
+            if exchange.kind == "evaluate" and ok:
+                agg = aggregate_client_metrics(ok, "num-examples")
+                federated[exchange.server_round] = dict(agg)
 
-    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_weights(model, from_record(arrays))
-        metrics = evaluate(model, test_loader, device, fed.label_names)
-        seconds = progress.round_done(server_round, metrics)
-        recorder.round_done(server_round, metrics, seconds, federated.get(server_round))
-        return MetricRecord({k: metrics[k] for k in CENTRAL_KEYS})
+        def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            load_weights(server.model, from_record(arrays))
+            metrics = server.evaluate()
+            seconds = progress.round_done(server_round, metrics)
+            recorder.round_done(server_round, metrics, seconds, federated.get(server_round))
+            return MetricRecord({k: metrics[k] for k in CENTRAL_KEYS})
 
-    strategy = build_strategy(scenario.federation, evaluate=scenario.data.val_size > 0)
-    with Progress(scenario.federation.rounds, quiet=quiet) as progress:
+        strategy = build_strategy(scenario.federation, evaluate=scenario.data.val_size > 0)
         result = strategy.start(
             grid=ObservedGrid(grid, progress, on_exchange),
-            initial_arrays=to_record(trainable_weights(model)),
+            initial_arrays=to_record(trainable_weights(server.model)),
             num_rounds=scenario.federation.rounds,
             timeout=scenario.federation.round_timeout,
             evaluate_fn=central_evaluate,
         )
-    load_weights(model, from_record(result.arrays))
-    if scenario.output.save_model:
-        recorder.save_model(model, tokenizer)
-    return recorder.finish()
+        load_weights(server.model, from_record(result.arrays))
+        if scenario.output.save_model:
+            recorder.save_model(server.model, server.tokenizer)
+        return recorder.finish()
 
 
 def build_server_app(

@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field, StrictStr, StringConstraints
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from fedtune.train import pick_device
+
 hf_logging.disable_progress_bar()  # no "Loading weights" bars in `fedtune predict` output
 
 
@@ -32,7 +34,7 @@ class Predictor:
         path = Path(model_dir).expanduser()
         if not (path / "config.json").is_file():
             raise ValueError(f"{str(model_dir)!r} is not a model directory: it has no config.json")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
         config = self.model.config

@@ -56,8 +56,12 @@ def train_steps(
     """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
     for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
     `on_step(examples_seen)` is called after each optimizer step."""
-    budget = max_examples or cfg.local_epochs * len(loader.dataset)
-    total_steps = max(1, math.ceil(budget / (cfg.batch_size * cfg.grad_accum_steps)))
+    size = len(loader.dataset)
+    budget = max_examples or cfg.local_epochs * size
+    # Batches until `budget` examples: whole epochs (each ending in a partial batch) + the rest.
+    epochs, rest = divmod(budget, size)
+    batches = epochs * len(loader) + math.ceil(rest / loader.batch_size)
+    total_steps = max(1, math.ceil(batches / cfg.grad_accum_steps))
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(

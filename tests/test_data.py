@@ -104,7 +104,8 @@ def test_file_source_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0}\n' * 5)
     ds = load_examples(DataConfig(source=str(path)), seed=0)
-    assert len(ds) == 10 and ds.features[LABEL].names == ["0", "1"]
+    assert len(ds) == 2, "exact duplicate texts are dropped"
+    assert ds.features[LABEL].names == ["0", "1"]
 
 
 def test_builtin_airline_tweets() -> None:

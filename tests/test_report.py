@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -20,50 +21,61 @@ LABELS = ["negative", "neutral", "positive"]
 def fake_run(run_dir: Path, make_scenario, accuracies: list[float], epsilon: bool = False) -> Path:
     """A run directory written by the real RunRecorder from made-up round results."""
     scenario = make_scenario(output={"dir": str(run_dir)})
-    recorder = RunRecorder(run_dir, scenario, "federated", 3)
-    recorder.write_partition(
-        {
-            "labels": LABELS,
-            "test": dict.fromkeys(LABELS, 10),
-            "clients": [
-                {
-                    "partition_id": i,
-                    "name": f"client-{i}",
-                    "num_examples": 30,
-                    "label_counts": {lab: 10 * (i == j) + 5 for j, lab in enumerate(LABELS)},
-                }
-                for i in range(3)
-            ],
-        }
-    )
-    for rnd, acc in enumerate(accuracies):
-        if rnd:
-            clients = [{"node_id": i, "num-examples": 27, "train_loss": 1 - acc} for i in range(3)]
-            recorder.exchange("train", clients, bytes_down=3000, bytes_up=3000)
-            evals = [
-                {
-                    "node_id": i,
-                    "num-examples": 3,
-                    "eval_accuracy": acc - 0.05 * i,
-                    "eval_loss": 1 - acc,
-                    "eval_macro_f1": acc - 0.1,
-                }
-                for i in range(3)
-            ]
-            recorder.exchange("evaluate", evals, bytes_down=3000, bytes_up=0)
-        per_class = {
-            lab: {"precision": acc, "recall": acc, "f1-score": acc, "support": 10.0}
-            for lab in LABELS
-        }
-        central = {"accuracy": acc, "macro_f1": acc - 0.05, "loss": 1 - acc, "per_class": per_class}
-        federated = {"eval_accuracy": acc - 0.05, "eval_loss": 1 - acc, "eval_macro_f1": acc - 0.1}
-        recorder.round_done(rnd, central, 1.5, federated if rnd else None)
-        if epsilon:  # what a DP run adds to each line
-            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-            lines[-1] = json.dumps({**json.loads(lines[-1]), "epsilon": 0.5 * rnd})
-            (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-            recorder.lines = lines
-    recorder.finish()
+    with RunRecorder(run_dir, scenario, "federated", 3) as recorder:
+        recorder.write_partition(
+            {
+                "labels": LABELS,
+                "test": dict.fromkeys(LABELS, 10),
+                "clients": [
+                    {
+                        "partition_id": i,
+                        "name": f"client-{i}",
+                        "num_examples": 30,
+                        "label_counts": {lab: 10 * (i == j) + 5 for j, lab in enumerate(LABELS)},
+                    }
+                    for i in range(3)
+                ],
+            }
+        )
+        for rnd, acc in enumerate(accuracies):
+            if rnd:
+                clients = [
+                    {"node_id": i, "num-examples": 27, "train_loss": 1 - acc} for i in range(3)
+                ]
+                recorder.exchange("train", clients, bytes_down=3000, bytes_up=3000)
+                evals = [
+                    {
+                        "node_id": i,
+                        "num-examples": 3,
+                        "eval_accuracy": acc - 0.05 * i,
+                        "eval_loss": 1 - acc,
+                        "eval_macro_f1": acc - 0.1,
+                    }
+                    for i in range(3)
+                ]
+                recorder.exchange("evaluate", evals, bytes_down=3000, bytes_up=0)
+            per_class = {
+                lab: {"precision": acc, "recall": acc, "f1-score": acc, "support": 10.0}
+                for lab in LABELS
+            }
+            central = {
+                "accuracy": acc,
+                "macro_f1": acc - 0.05,
+                "loss": 1 - acc,
+                "per_class": per_class,
+            }
+            federated = {
+                "eval_accuracy": acc - 0.05,
+                "eval_loss": 1 - acc,
+                "eval_macro_f1": acc - 0.1,
+            }
+            recorder.round_done(rnd, central, 1.5, federated if rnd else None)
+            if epsilon:  # what a DP run adds to each line
+                lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+                lines[-1] = json.dumps({**json.loads(lines[-1]), "epsilon": 0.5 * rnd})
+                (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+                recorder.lines = lines
+        recorder.finish()
     return run_dir
 
 
@@ -130,3 +142,11 @@ def test_compare_command(make_scenario, tmp_path: Path) -> None:
 def test_report_on_a_non_run_dir(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "not a fedtune run" in capsys.readouterr().err
+
+
+def test_recorder_detaches_its_log_even_when_the_run_fails(make_scenario, tmp_path: Path) -> None:
+    scenario = make_scenario()
+    with pytest.raises(RuntimeError), RunRecorder(tmp_path, scenario, "federated", 2) as recorder:
+        raise RuntimeError("client crashed")
+    assert recorder.log_handler not in logging.getLogger("flwr").handlers
+    assert recorder.log_handler.stream is None, "run.log closed"
