@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from fedtune.checkpoint import CheckpointError
 from fedtune.config import ScenarioError, load_scenario, parse_override
 from fedtune.data import DataError
 from fedtune.model import ModelError
@@ -22,7 +23,11 @@ def _parser() -> argparse.ArgumentParser:
         ("centralized", "train on the union of the clients' data (the baseline)"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("scenario", help="scenario YAML file, or a shipped name (quickstart)")
+        cmd.add_argument(
+            "scenario",
+            nargs="?",
+            help="scenario YAML file, or a shipped name (quickstart)",
+        )
         cmd.add_argument(
             "--set",
             dest="overrides",
@@ -35,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--quiet", action="store_true", help="no progress output")
         if name == "run":
             cmd.add_argument("--verbose", action="store_true", help="Flower and Ray logs too")
+            cmd.add_argument(
+                "--resume",
+                metavar="RUN_DIR",
+                help="continue an interrupted run from its last complete round "
+                "(its scenario.json; --set still applies)",
+            )
     report = sub.add_parser("report", help="write report.md/report.html (and figures) for a run")
     report.add_argument("run_dir")
     comp = sub.add_parser("compare", help="overlay curves and tabulate several runs")
@@ -97,18 +108,25 @@ def main(argv: list[str] | None = None) -> int:
         except RunDirError as exc:
             print(f"fedtune: error: {exc}", file=sys.stderr)
             return 2
+    resume = getattr(args, "resume", None)
     try:
         overrides = dict(parse_override(item) for item in args.overrides)
-        if args.output:
-            overrides["output.dir"] = args.output
-        scenario = load_scenario(args.scenario, overrides)
+        if args.output or resume:
+            overrides["output.dir"] = resume or args.output
+        if resume:
+            source = Path(resume) / "scenario.json"
+            if not source.is_file():
+                raise CheckpointError(f"{resume}: not a fedtune run (no scenario.json)")
+        elif args.scenario is None:
+            raise ScenarioError("give a SCENARIO (or --resume RUN_DIR)")
+        scenario = load_scenario(source if resume else args.scenario, overrides)
         from fedtune import runtime  # heavy imports only once the input is valid
 
         if args.command == "run":
-            summary = runtime.run_federated(scenario, args.quiet, args.verbose)
+            summary = runtime.run_federated(scenario, args.quiet, args.verbose, bool(resume))
         else:
             summary = runtime.run_centralized(scenario, args.quiet)
-    except (ScenarioError, DataError, ModelError) as exc:
+    except (ScenarioError, DataError, ModelError, CheckpointError) as exc:
         print(f"fedtune: error: {exc}", file=sys.stderr)
         return 2
     final = summary["final"]

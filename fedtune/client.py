@@ -7,6 +7,10 @@ ids or labels.
 
 from __future__ import annotations
 
+import functools
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -86,6 +90,53 @@ class LocalNode:
         return self.scenario.seed * 1_000_003 + self.server_round * 1_009 + self.partition_id
 
 
+class ClientError(RuntimeError):
+    """A client failed; the message names the client and the round (it reaches the server)."""
+
+
+class InjectedFault(RuntimeError):
+    """A failure injected by the scenario's `faults` section."""
+
+
+def reported(handler: Callable[[Message, Context], Message]) -> Callable:
+    """Re-raise any failure of `handler` as a ClientError naming client, round and error."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:
+            client = context.node_config.get("partition-id", context.node_id)
+            server_round = msg.content["config"].get("server-round", "?")
+            raise ClientError(
+                f"[client {client}, round {server_round}: {type(exc).__name__}: {exc}]"
+            ) from exc
+
+    return wrapper
+
+
+def inject_faults(node: LocalNode) -> Callable[[int], None] | None:
+    """Apply the scenario's faults for this client and round: drop out now, sleep (straggler),
+    or return an `on_step` hook that crashes halfway through training."""
+    faults = node.scenario.faults
+    rng = random.Random(node.run_seed)
+    dropout, crash, straggle, delay = rng.random(), rng.random(), rng.random(), rng.random()
+    if dropout < faults.dropout:
+        raise InjectedFault("dropped out of the round (faults.dropout)")
+    if straggle < faults.straggler:
+        low, high = faults.straggler_delay
+        time.sleep(low + delay * (high - low))
+    if crash >= faults.crash:
+        return None
+    half = len(node.data.train) * node.scenario.training.local_epochs // 2
+
+    def crash_halfway(seen: int) -> None:
+        if seen >= half:
+            raise InjectedFault(f"crashed after {seen} examples (faults.crash)")
+
+    return crash_halfway
+
+
 def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     """A ClientApp bound to `scenario`, or reading it from the run config (`flwr run`)."""
     app = ClientApp()
@@ -94,12 +145,14 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         return LocalNode(scenario or scenario_from_run_config(context.run_config), context, msg)
 
     @app.train()
+    @reported
     def train(msg: Message, context: Context) -> Message:
         node = node_for(msg, context)
+        on_step = inject_faults(node)
         cfg = node.scenario.training
         torch.manual_seed(node.run_seed)
         loader = make_loader(node.data.train, node.tokenizer, cfg.batch_size, node.run_seed)
-        result = train_steps(node.model, loader, cfg, node.device)
+        result = train_steps(node.model, loader, cfg, node.device, on_step=on_step)
         local = trainable_weights(node.model)
         update = {name: local[name] - weights for name, weights in node.global_weights.items()}
         metrics = MetricRecord(
@@ -112,6 +165,7 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         return Message(RecordDict({"arrays": to_record(update), "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()
+    @reported
     def evaluate_local(msg: Message, context: Context) -> Message:
         node = node_for(msg, context)
         loader = make_loader(node.data.val, node.tokenizer, node.scenario.training.eval_batch_size)

@@ -88,6 +88,26 @@ class TrainingConfig(Section):
     """`auto` is bf16 autocast on CUDA when supported, else fp32."""
 
 
+class FaultsConfig(Section):
+    """Injected failures, drawn per (seed, round, client) so runs are reproducible."""
+
+    dropout: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability that a sampled client drops out of the round (an error reply, no update)."""
+    crash: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability that a client raises halfway through its local training."""
+    straggler: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability that a client is slow: it sleeps `straggler_delay` seconds before replying."""
+    straggler_delay: tuple[float, float] = (1.0, 5.0)
+    """Uniform range of a straggler's delay; past `federation.round_timeout` it misses the round."""
+
+    @model_validator(mode="after")
+    def _delay_range(self) -> FaultsConfig:
+        low, high = self.straggler_delay
+        if not 0.0 <= low <= high:
+            raise ValueError("faults.straggler_delay must be [low, high] with 0 <= low <= high")
+        return self
+
+
 class OutputConfig(Section):
     dir: str | None = None
     """Run directory; default `runs/<name>-<timestamp>/`."""
@@ -107,6 +127,7 @@ class Scenario(Section):
     partition: PartitionConfig = PartitionConfig()
     federation: FederationConfig = FederationConfig()
     training: TrainingConfig = TrainingConfig()
+    faults: FaultsConfig = FaultsConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

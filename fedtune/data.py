@@ -8,7 +8,9 @@ partition, tokenized once.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +40,9 @@ BUILTIN_SOURCES = ("airline-tweets", "aapl-tweets")
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 datasets.disable_progress_bars()
+datasets.logging.set_verbosity(logging.CRITICAL)  # fedtune reports unreadable files itself
+# flwr-datasets warns on every Dirichlet resampling; fedtune reports a final failure itself.
+warnings.filterwarnings("ignore", message="The specified min_partition_size", category=UserWarning)
 
 
 class DataError(ValueError):
@@ -76,6 +81,14 @@ def load_tweets(source: str) -> datasets.Dataset:
     return datasets.Dataset.from_pandas(frame.reset_index(drop=True))
 
 
+def _is_decode_error(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, UnicodeDecodeError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def load_file(cfg: DataConfig) -> datasets.Dataset:
     """A CSV/JSON(L)/parquet file through HF `datasets`, columns renamed to text/label."""
     path = Path(cfg.source)
@@ -87,10 +100,16 @@ def load_file(cfg: DataConfig) -> datasets.Dataset:
     if not path.is_file():
         raise DataError(f"data.source {cfg.source!r}: file not found")
     fmt = FILE_FORMATS[path.suffix.lower()]
+    with path.open("rb") as handle:
+        lines = [line for line in handle.readlines(1 << 16) if line.strip()][:2]
+    if fmt != "parquet" and len(lines) < (2 if fmt == "csv" else 1):
+        raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise DataError(f"{path}: cannot read as {fmt}: {str(exc).splitlines()[0]}") from None
+        hint = " (save the file as UTF-8)" if _is_decode_error(exc) else ""
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot read as {fmt}: {detail}{hint}") from None
     for key in ("text_column", "label_column"):
         column = getattr(cfg, key)
         if column not in ds.column_names:
@@ -151,7 +170,10 @@ class FederatedData:
     label_names: tuple[str, ...]
 
     def partition(self, partition_id: int) -> datasets.Dataset:
-        return self.partitioner.load_partition(partition_id)
+        try:
+            return self.partitioner.load_partition(partition_id)
+        except ValueError as exc:  # e.g. Dirichlet cannot give every client min examples
+            raise DataError(f"partition.kind {type(self.partitioner).__name__}: {exc}") from None
 
     def client_name(self, partition_id: int) -> str:
         if isinstance(self.partitioner, NaturalIdPartitioner):
@@ -190,6 +212,13 @@ def build_federated_data(scenario: Scenario) -> FederatedData:
         )
     splits = _split(ds, data.test_size, scenario.seed)
     pool, test = splits["train"], splits["test"]
+    missing = set(test[LABEL]) - set(pool[LABEL])
+    if missing:
+        names = sorted(label_names[i] for i in missing)
+        raise DataError(
+            f"data.label_column: label(s) {names} appear only in the test split, never in "
+            "training (give each label at least 2 examples)"
+        )
     partitioner = make_partitioner(part, scenario.seed)
     partitioner.dataset = pool
     try:

@@ -76,6 +76,7 @@ class Progress:
     def __init__(self, total_rounds: int, quiet: bool = False) -> None:
         self.total = total_rounds
         self.console = Console(stderr=True, quiet=quiet, highlight=False)
+        self.warnings = Console(stderr=True, highlight=False)
         self.status = self.console.status("starting", spinner="dots")
         self.start = time.monotonic()
         self.round_start = self.start
@@ -105,6 +106,11 @@ class Progress:
 
     def phase(self, server_round: int, what: str, done: int, total: int) -> None:
         self.update(server_round, f"{what}: {done}/{total} clients done")
+
+    def warn(self, text: str) -> None:
+        """Failures are shown even with --quiet (and logged to run.log)."""
+        self.warnings.print(f"[yellow]{text}[/yellow]", markup=True)
+        log.warning(text)
 
     def round_done(self, server_round: int, metrics: dict) -> float:
         """Print the round's line; return its wall seconds."""
@@ -144,7 +150,7 @@ class RunRecorder:
         self.tensorboard = (
             _tensorboard_writer(self.run_dir) if scenario.output.tensorboard else None
         )
-        self.totals = {"bytes_up_total": 0, "bytes_down_total": 0}
+        self.totals = {"bytes_up_total": 0, "bytes_down_total": 0, "failed_replies_total": 0}
 
     def __enter__(self) -> RunRecorder:
         return self
@@ -159,14 +165,25 @@ class RunRecorder:
 
     def _new_round(self) -> None:
         self.clients: dict[str, list[dict]] = {"train": [], "evaluate": []}
+        self.failures: dict[str, dict] = {}
         self.bytes = {"bytes_down": 0, "bytes_up": 0}
 
     def write_partition(self, table: dict) -> None:
         write_json(self.run_dir / "partition.json", table)
 
-    def exchange(self, kind: str, clients: list[dict], bytes_down: int, bytes_up: int) -> None:
+    def exchange(
+        self,
+        kind: str,
+        clients: list[dict],
+        bytes_down: int,
+        bytes_up: int,
+        failures: dict | None = None,
+    ) -> None:
         """Record one round trip with the clients (train or evaluate)."""
         self.clients[kind].extend(clients)
+        if failures is not None:
+            self.failures[kind] = failures
+            self.totals["failed_replies_total"] += failures["errors"] + failures["timed_out"]
         self.bytes["bytes_down"] += bytes_down
         self.bytes["bytes_up"] += bytes_up
         self.totals["bytes_down_total"] += bytes_down
@@ -182,6 +199,7 @@ class RunRecorder:
         line = {
             **entry,
             **self.bytes,
+            "failures": self.failures,
             "central": central,
             "federated_evaluate": federated or {},
             "clients": self.clients,
@@ -192,6 +210,16 @@ class RunRecorder:
         self.write_summary()
         if self.tensorboard is not None:
             _tensorboard_round(self.tensorboard, line)
+
+    def state(self) -> dict:
+        """What a checkpoint needs to continue this record."""
+        return {"history": self.history, "lines": self.lines, "totals": self.totals}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint's record; later lines of an interrupted run are dropped."""
+        self.history, self.lines, self.totals = state["history"], state["lines"], state["totals"]
+        write_atomic(self.run_dir / "metrics.jsonl", "\n".join(self.lines) + "\n")
+        self.write_summary()
 
     def save_model(self, model: Any, tokenizer: Any) -> None:
         def save(tmp: Path) -> None:

@@ -13,6 +13,7 @@ import datasets
 from flwr.common.logger import console_handler
 from flwr.simulation import run_simulation
 
+from fedtune.checkpoint import load_checkpoint
 from fedtune.client import build_client_app
 from fedtune.config import Scenario, ScenarioError
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
@@ -22,9 +23,21 @@ from fedtune.server import GlobalModel, build_server_app, seed_everything
 from fedtune.train import train_steps
 
 
-class _DropDeprecation(logging.Filter):
+class _QuietConsole(logging.Filter):
+    """Keeps Flower's deprecation notices and client tracebacks off the screen (fedtune
+    prints one line per failed client; run.log keeps the full tracebacks)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "deprecated" not in record.getMessage()
+        text = record.getMessage()
+        return not any(
+            marker in text
+            for marker in (
+                "deprecated",
+                "Traceback (most recent call last)",
+                "ClientAppException",
+                "An exception was raised when processing a message",
+            )
+        )
 
 
 def prepare_run_dir(scenario: Scenario, mode: str) -> Path:
@@ -43,20 +56,28 @@ def check_inputs(scenario: Scenario) -> None:
     check_model(scenario.model.name)
 
 
-def run_federated(scenario: Scenario, quiet: bool = False, verbose: bool = False) -> dict:
-    """Simulate the federation: one Ray actor process per concurrently training client."""
+def run_federated(
+    scenario: Scenario, quiet: bool = False, verbose: bool = False, resume: bool = False
+) -> dict:
+    """Simulate the federation: one Ray actor process per concurrently training client.
+    With `resume`, continue the run in `output.dir` from its last complete round."""
     check_inputs(scenario)
-    run_dir = prepare_run_dir(scenario, "")
+    if resume:
+        run_dir = default_run_dir(scenario)
+        load_checkpoint(run_dir)  # fail now, not in the server thread
+    else:
+        run_dir = prepare_run_dir(scenario, "")
     resources = scenario.federation.client_resources
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO)  # all of it into run.log ...
     console_handler.setLevel(logging.INFO if verbose else logging.WARNING)  # ... less on screen
-    flwr_logger.addFilter(_DropDeprecation())
+    if not verbose:
+        console_handler.addFilter(_QuietConsole())
     # Ray's notice about a future default; fedtune relies on today's (CPU-only clients
     # get no GPU when num_gpus is 0).
     warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO")
     run_simulation(
-        server_app=build_server_app(scenario, run_dir, quiet),
+        server_app=build_server_app(scenario, run_dir, quiet, resume),
         client_app=build_client_app(scenario),
         num_supernodes=scenario.partition.num_clients,
         backend_config={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedtune.checkpoint import load_checkpoint, save_checkpoint
 from fedtune.config import Scenario, scenario_from_run_config
 from fedtune.data import FederatedData, federated_data, label_table, make_loader, tokenize
 from fedtune.model import (
@@ -25,7 +27,7 @@ from fedtune.model import (
     to_record,
     trainable_weights,
 )
-from fedtune.reporting import CENTRAL_KEYS, Progress, RunRecorder, default_run_dir
+from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.strategies import aggregate_client_metrics, build_strategy
 from fedtune.train import evaluate, pick_device
 
@@ -41,9 +43,20 @@ class Exchange:
 
     kind: str
     server_round: int
+    sent: int
     replies: list[Message]
     bytes_down: int
     bytes_up: int
+
+    def failures(self) -> dict:
+        """Sampled, answered, failed (error reply) and timed-out counts."""
+        errors = sum(1 for r in self.replies if r.has_error())
+        return {
+            "sampled": self.sent,
+            "replied": len(self.replies) - errors,
+            "errors": errors,
+            "timed_out": self.sent - len(self.replies),
+        }
 
 
 class ObservedGrid(Grid):
@@ -98,14 +111,20 @@ class ObservedGrid(Grid):
             else:
                 time.sleep(0.1)
         bytes_up = sum(payload_bytes(r) for r in replies if r.has_content())
-        self.on_exchange(Exchange(kind, server_round, replies, bytes_down, bytes_up))
+        self.on_exchange(Exchange(kind, server_round, total, replies, bytes_down, bytes_up))
         return replies
 
 
 def _client_metrics(reply: Message) -> dict:
     if reply.has_error():
-        return {"node_id": reply.metadata.src_node_id, "error": reply.error.reason}
+        return {"node_id": reply.metadata.src_node_id, "error": client_error(reply.error.reason)}
     return {"node_id": reply.metadata.src_node_id, **dict(reply.content["metrics"])}
+
+
+def client_error(reason: str) -> str:
+    """The `[client N, round R: Error: message]` part of a Flower error reason, if any."""
+    found = re.search(r"\[client .*?\]", reason, re.DOTALL)
+    return found.group(0)[1:-1] if found else reason.strip().splitlines()[-1]
 
 
 def seed_everything(seed: int) -> None:
@@ -148,50 +167,87 @@ def check_node_count(grid: Grid, num_clients: int) -> None:
         )
 
 
-def run_server(grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = False) -> dict:
-    """Run the federation on `grid` and write every output into `run_dir`."""
+def run_server(
+    grid: Grid, scenario: Scenario, run_dir: Path, quiet: bool = False, resume: bool = False
+) -> dict:
+    """Run the federation on `grid` (from the run's checkpoint when resuming) and write every
+    output into `run_dir`. The round loop is Flower's `Strategy.start`, plus a checkpoint
+    after every round."""
     seed_everything(scenario.seed)
     check_node_count(grid, scenario.partition.num_clients)
     fed = federated_data(scenario)
     server = GlobalModel.load(scenario, fed)
+    fl = scenario.federation
+    strategy = build_strategy(fl, evaluate=scenario.data.val_size > 0)
+    start = load_checkpoint(run_dir) if resume else None
     federated: dict[int, dict] = {}
     with (
         RunRecorder(run_dir, scenario, "federated", scenario.partition.num_clients) as recorder,
-        Progress(scenario.federation.rounds, quiet=quiet) as progress,
+        Progress(fl.rounds, quiet=quiet) as progress,
     ):
-        recorder.write_partition(label_table(fed))
 
         def on_exchange(exchange: Exchange) -> None:
             clients = [_client_metrics(r) for r in exchange.replies]
-            recorder.exchange(exchange.kind, clients, exchange.bytes_down, exchange.bytes_up)
+            failures = exchange.failures()
+            recorder.exchange(
+                exchange.kind, clients, exchange.bytes_down, exchange.bytes_up, failures
+            )
+            for client in clients:
+                if "error" in client:
+                    progress.warn(f"round {exchange.server_round}: {client['error']}")
+            if failures["timed_out"]:
+                progress.warn(
+                    f"round {exchange.server_round}: {failures['timed_out']} client(s) missed "
+                    f"the {exchange.kind} deadline (federation.round_timeout={fl.round_timeout}s)"
+                )
             ok = [r.content for r in exchange.replies if not r.has_error()]
             if exchange.kind == "evaluate" and ok:
-                agg = aggregate_client_metrics(ok, "num-examples")
-                federated[exchange.server_round] = dict(agg)
+                federated[exchange.server_round] = dict(
+                    aggregate_client_metrics(ok, "num-examples")
+                )
 
-        def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            load_weights(server.model, from_record(arrays))
+        def end_round(server_round: int, weights: dict) -> None:
+            load_weights(server.model, weights)
             metrics = server.evaluate()
             seconds = progress.round_done(server_round, metrics)
             recorder.round_done(server_round, metrics, seconds, federated.get(server_round))
-            return MetricRecord({k: metrics[k] for k in CENTRAL_KEYS})
+            save_checkpoint(run_dir, server_round, weights, strategy, recorder.state())
 
-        strategy = build_strategy(scenario.federation, evaluate=scenario.data.val_size > 0)
-        result = strategy.start(
-            grid=ObservedGrid(grid, progress, on_exchange),
-            initial_arrays=to_record(trainable_weights(server.model)),
-            num_rounds=scenario.federation.rounds,
-            timeout=scenario.federation.round_timeout,
-            evaluate_fn=central_evaluate,
-        )
-        load_weights(server.model, from_record(result.arrays))
+        if start is None:
+            weights, first = trainable_weights(server.model), 1
+            recorder.write_partition(label_table(fed))
+            end_round(0, weights)
+        else:
+            weights, first, strategy = start.weights, start.server_round + 1, start.strategy
+            recorder.restore(start.recorder)
+            start.restore_rng()
+        observed = ObservedGrid(grid, progress, on_exchange)
+        for server_round in range(first, fl.rounds + 1):
+            arrays = to_record(weights)
+            replies = observed.send_and_receive(
+                strategy.configure_train(server_round, arrays, ConfigRecord(), observed),
+                timeout=fl.round_timeout,
+            )
+            aggregated, _ = strategy.aggregate_train(server_round, replies)
+            if aggregated is not None:
+                weights, arrays = from_record(aggregated), aggregated
+            replies = observed.send_and_receive(
+                strategy.configure_evaluate(server_round, arrays, ConfigRecord(), observed),
+                timeout=fl.round_timeout,
+            )
+            strategy.aggregate_evaluate(server_round, replies)
+            end_round(server_round, weights)
+        load_weights(server.model, weights)
         if scenario.output.save_model:
             recorder.save_model(server.model, server.tokenizer)
         return recorder.finish()
 
 
 def build_server_app(
-    scenario: Scenario | None = None, run_dir: Path | None = None, quiet: bool = False
+    scenario: Scenario | None = None,
+    run_dir: Path | None = None,
+    quiet: bool = False,
+    resume: bool = False,
 ) -> ServerApp:
     """A ServerApp bound to `scenario`, or reading it from the run config (`flwr run`)."""
     app = ServerApp()
@@ -199,7 +255,7 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         active = scenario or scenario_from_run_config(context.run_config)
-        run_server(grid, active, run_dir or default_run_dir(active), quiet)
+        run_server(grid, active, run_dir or default_run_dir(active), quiet, resume)
 
     return app
 
