@@ -109,7 +109,8 @@ class Progress:
 
     def warn(self, text: str) -> None:
         """Failures are shown even with --quiet (and logged to run.log)."""
-        self.warnings.print(f"[yellow]{text}[/yellow]", markup=True)
+        console = self.warnings if self.console.quiet else self.console  # under the status
+        console.print(f"[yellow]{text}[/yellow]", markup=True)
         log.warning(text)
 
     def round_done(self, server_round: int, metrics: dict) -> float:

@@ -194,7 +194,7 @@ def run_server(
             )
             for client in clients:
                 if "error" in client:
-                    progress.warn(f"round {exchange.server_round}: {client['error']}")
+                    progress.warn(client["error"])
             if failures["timed_out"]:
                 progress.warn(
                     f"round {exchange.server_round}: {failures['timed_out']} client(s) missed "
