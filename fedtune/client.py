@@ -164,6 +164,13 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         )
         return Message(RecordDict({"arrays": to_record(update), "metrics": metrics}), reply_to=msg)
 
+    @app.query()
+    def identify(msg: Message, context: Context) -> Message:
+        """The node's partition id, so the server can sample clients reproducibly."""
+        node = context.node_config
+        metrics = {"partition-id": int(node["partition-id"])} if "partition-id" in node else {}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
     @app.evaluate()
     @reported
     def evaluate_local(msg: Message, context: Context) -> Message:

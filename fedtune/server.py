@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -69,6 +69,20 @@ class ObservedGrid(Grid):
         self.grid = grid
         self.progress = progress
         self.on_exchange = on_exchange
+        self.partition_of: dict[int, int] = {}
+
+    def identify(self, timeout: float) -> None:
+        """Ask every node for its partition id (one query message each), so that nodes are
+        listed, and so sampled, in partition order: simulation node ids are random per run,
+        so only then does the seeded sampling pick the same clients in every run."""
+        messages = [
+            Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+            for node in self.grid.get_node_ids()
+        ]
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            metrics = reply.content.metric_records.get("metrics", {}) if reply.has_content() else {}
+            if "partition-id" in metrics:
+                self.partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
 
     def set_run(self, run_id: int) -> None:
         self.grid.set_run(run_id)
@@ -81,7 +95,10 @@ class ObservedGrid(Grid):
         return self.grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
-        return sorted(self.grid.get_node_ids())
+        unknown = len(self.partition_of)  # nodes that did not say: after the others
+        return sorted(
+            self.grid.get_node_ids(), key=lambda n: (self.partition_of.get(n, unknown), n)
+        )
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(messages)
@@ -213,6 +230,8 @@ def run_server(
             recorder.round_done(server_round, metrics, seconds, federated.get(server_round))
             save_checkpoint(run_dir, server_round, weights, strategy, recorder.state())
 
+        observed = ObservedGrid(grid, progress, on_exchange)
+        observed.identify(fl.round_timeout)  # before any RNG state is saved or restored
         if start is None:
             weights, first = trainable_weights(server.model), 1
             recorder.write_partition(label_table(fed))
@@ -221,7 +240,6 @@ def run_server(
             weights, first, strategy = start.weights, start.server_round + 1, start.strategy
             recorder.restore(start.recorder)
             start.restore_rng()
-        observed = ObservedGrid(grid, progress, on_exchange)
         for server_round in range(first, fl.rounds + 1):
             arrays = to_record(weights)
             replies = observed.send_and_receive(

@@ -137,6 +137,9 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
         _context(scenario, 1),
     )
     assert set(evaluation.content.keys()) == {"metrics"}
+    query = app(Message(RecordDict(), dst_node_id=1, message_type="query"), _context(scenario, 1))
+    assert dict(query.content.metric_records["metrics"]) == {"partition-id": 1}
+    assert set(query.content.keys()) == {"metrics"}
     eval_metrics = dict(evaluation.content.metric_records["metrics"])
     assert set(eval_metrics) == {
         "num-examples",

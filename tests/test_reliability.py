@@ -282,7 +282,11 @@ def final_weights(run_dir: Path) -> dict:
 def test_kill_and_resume_gives_the_same_weights_and_runs_are_deterministic(
     make_scenario, tmp_path: Path
 ) -> None:
-    raw = make_scenario(federation={"rounds": 4, "min_available_nodes": 2}).model_dump(mode="json")
+    # Half of 4 clients train each round: the seed must also fix which ones.
+    raw = make_scenario(
+        partition={"kind": "iid", "num_clients": 4},
+        federation={"rounds": 4, "min_available_nodes": 4, "fraction_train": 0.5},
+    ).model_dump(mode="json")
     runs = {}
     for name in ("clean", "again"):
         raw["output"]["dir"] = str(tmp_path / name)
@@ -291,6 +295,15 @@ def test_kill_and_resume_gives_the_same_weights_and_runs_are_deterministic(
         runs[name] = final_weights(tmp_path / name)
     for key, value in runs["clean"].items():
         assert value.equal(runs["again"][key]), f"two runs differ in {key}"
+    sampled = [
+        [
+            sorted(c["partition-id"] for c in json.loads(line)["clients"]["train"])
+            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]
+        ]
+        for name in ("clean", "again")
+    ]
+    assert sampled[0] == sampled[1] and all(len(s) == 2 for s in sampled[0])
+    assert len({tuple(s) for s in sampled[0]}) > 1, "different clients across rounds"
 
     killed = tmp_path / "killed"
     raw["output"]["dir"] = str(killed)
