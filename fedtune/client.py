@@ -49,9 +49,15 @@ def _model_and_tokenizer(
     return load_model(name, label_names, seed), load_tokenizer(name)
 
 
-@lru_cache(maxsize=16)
 def _local_data(scenario: Scenario, partition_id: int) -> LocalData:
     """Tokenized once per shard and process, reused every round."""
+    key = scenario.model_dump_json(include={"seed", "model", "data", "partition"})
+    return _cached_local_data(key, partition_id)
+
+
+@lru_cache(maxsize=16)
+def _cached_local_data(scenario_key: str, partition_id: int) -> LocalData:
+    scenario = Scenario.model_validate_json(scenario_key)
     fed = federated_data(scenario)
     train, val = client_splits(fed, partition_id, scenario.data.val_size, scenario.seed)
     _, tokenizer = _model_and_tokenizer(scenario.model.name, fed.label_names, scenario.seed)
@@ -152,7 +158,8 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         cfg = node.scenario.training
         torch.manual_seed(node.run_seed)
         loader = make_loader(node.data.train, node.tokenizer, cfg.batch_size, node.run_seed)
-        result = train_steps(node.model, loader, cfg, node.device, on_step=on_step)
+        mu = float(msg.content["config"].get("proximal-mu", 0.0))  # sent by FedProx
+        result = train_steps(node.model, loader, cfg, node.device, on_step, proximal_mu=mu)
         local = trainable_weights(node.model)
         update = {name: local[name] - weights for name, weights in node.global_weights.items()}
         metrics = MetricRecord(

@@ -63,8 +63,27 @@ class ClientResources(Section):
     num_gpus: float = Field(0.0, ge=0.0)
 
 
+STRATEGY_NAMES = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedavgm",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+    "qfedavg",
+)
+
+
 class FederationConfig(Section):
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: Literal[STRATEGY_NAMES] = "fedavg"
+    """A Flower strategy (`flwr.serverapp.strategy`), by lower-case name."""
+    strategy_params: dict[str, float | int | str | bool] = {}
+    """Keyword arguments of that strategy, e.g. `{proximal_mu: 0.01}` for fedprox."""
     rounds: int = Field(3, ge=1)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0)

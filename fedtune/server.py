@@ -195,7 +195,7 @@ def run_server(
     fed = federated_data(scenario)
     server = GlobalModel.load(scenario, fed)
     fl = scenario.federation
-    strategy = build_strategy(fl, evaluate=scenario.data.val_size > 0)
+    strategy = build_strategy(scenario, evaluate=scenario.data.val_size > 0)
     start = load_checkpoint(run_dir) if resume else None
     federated: dict[int, dict] = {}
     with (

@@ -52,10 +52,12 @@ def train_steps(
     device: torch.device,
     max_examples: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
     for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
-    `on_step(examples_seen)` is called after each optimizer step."""
+    `on_step(examples_seen)` is called after each optimizer step. With `proximal_mu` > 0
+    the loss gets FedProx's `mu/2 * ||w - w_start||^2` (w_start: the weights on entry)."""
     size = len(loader.dataset)
     budget = max_examples or cfg.local_epochs * size
     # Batches until `budget` examples: whole epochs (each ending in a partial batch) + the rest.
@@ -78,6 +80,7 @@ def train_steps(
     dtype = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     model.to(device).train()
+    anchor = {n: p.detach().clone() for n, p in params} if proximal_mu > 0 else {}
     seen, loss_sum, micro = 0, 0.0, 0
     while seen < budget:
         for batch in loader:
@@ -85,7 +88,11 @@ def train_steps(
             n = len(batch["labels"])
             with _autocast(dtype, device):
                 loss = model(**batch).loss
-            scaler.scale(loss / cfg.grad_accum_steps).backward()
+            objective = loss
+            if proximal_mu > 0:
+                drift = sum(((p - anchor[n]) ** 2).sum() for n, p in params)
+                objective = loss + proximal_mu / 2 * drift
+            scaler.scale(objective / cfg.grad_accum_steps).backward()
             seen, loss_sum, micro = seen + n, loss_sum + loss.item() * n, micro + 1
             last = seen >= budget
             if micro % cfg.grad_accum_steps == 0 or last:

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+    Strategy,
+)
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedtune.config import FederationConfig
+from fedtune.config import Scenario, ScenarioError
 from fedtune.strategies.deltas import DeltaUpdates
 
-__all__ = ["DeltaUpdates", "aggregate_client_metrics", "build_strategy"]
+__all__ = ["STRATEGIES", "DeltaUpdates", "aggregate_client_metrics", "build_strategy"]
 
 
 def aggregate_client_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -19,15 +33,40 @@ def aggregate_client_metrics(records: list[RecordDict], weighting_key: str) -> M
     return aggregated
 
 
-def build_strategy(cfg: FederationConfig, evaluate: bool = True) -> Strategy:
-    """The scenario's strategy, receiving weight updates from clients."""
-    inner = FedAvg(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate if evaluate else 0.0,
-        min_train_nodes=cfg.min_train_nodes,
-        min_evaluate_nodes=cfg.min_evaluate_nodes,
-        min_available_nodes=cfg.min_available_nodes,
-        train_metrics_aggr_fn=aggregate_client_metrics,
-        evaluate_metrics_aggr_fn=aggregate_client_metrics,
-    )
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+    "fedavgm": FedAvgM,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+    "qfedavg": QFedAvg,
+}
+"""Scenario name -> Flower strategy class; registering a new strategy is one entry."""
+
+
+def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
+    """The scenario's Flower strategy with its parameters, receiving weight updates."""
+    cfg = scenario.federation
+    params = dict(cfg.strategy_params)
+    if cfg.strategy == "qfedavg":  # q-FedAvg's Lipschitz estimate needs the client LR
+        params.setdefault("client_learning_rate", scenario.training.lr)
+    try:
+        inner = STRATEGIES[cfg.strategy](
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=cfg.fraction_evaluate if evaluate else 0.0,
+            min_train_nodes=cfg.min_train_nodes,
+            min_evaluate_nodes=cfg.min_evaluate_nodes,
+            min_available_nodes=cfg.min_available_nodes,
+            train_metrics_aggr_fn=aggregate_client_metrics,
+            evaluate_metrics_aggr_fn=aggregate_client_metrics,
+            **params,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"federation.strategy_params for {cfg.strategy}: {exc}") from None
     return DeltaUpdates(inner)
