@@ -159,7 +159,7 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         torch.manual_seed(node.run_seed)
         loader = make_loader(node.data.train, node.tokenizer, cfg.batch_size, node.run_seed)
         mu = float(msg.content["config"].get("proximal-mu", 0.0))  # sent by FedProx
-        result = train_steps(node.model, loader, cfg, node.device, on_step, proximal_mu=mu)
+        result = train_steps(node.model, loader, cfg, node.device, on_step=on_step, proximal_mu=mu)
         local = trainable_weights(node.model)
         update = {name: local[name] - weights for name, weights in node.global_weights.items()}
         metrics = MetricRecord(
