@@ -62,6 +62,8 @@ def save_checkpoint(
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     """The checkpoint of a run directory (it is trusted: it holds pickled server state)."""
     path = Path(run_dir) / CHECKPOINT_DIR
+    if not path.is_dir():  # killed between save_dir_atomic's two renames: the previous one
+        path = path.with_name(f".{CHECKPOINT_DIR}.old")
     if not (path / "state.pkl").is_file() or not (path / "weights.npz").is_file():
         raise CheckpointError(f"{run_dir}: no checkpoint to resume from")
     state = pickle.loads((path / "state.pkl").read_bytes())
