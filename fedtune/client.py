@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import datasets
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedtune.config import Scenario, scenario_from_run_config
+from fedtune.codecs import encode_with_feedback
+from fedtune.config import CodecConfig, ModelConfig, Scenario, scenario_from_run_config
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
 from fedtune.model import (
     from_record,
@@ -43,10 +45,10 @@ class LocalData:
 
 @lru_cache(maxsize=2)
 def _model_and_tokenizer(
-    name: str, label_names: tuple[str, ...], seed: int
+    model: ModelConfig, label_names: tuple[str, ...], seed: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """One model per worker process; each message overwrites its weights."""
-    return load_model(name, label_names, seed), load_tokenizer(name)
+    """One model per worker process; each message overwrites its trainable weights."""
+    return load_model(model.name, label_names, seed, model.peft), load_tokenizer(model.name)
 
 
 def _local_data(scenario: Scenario, partition_id: int) -> LocalData:
@@ -60,7 +62,7 @@ def _cached_local_data(scenario_key: str, partition_id: int) -> LocalData:
     scenario = Scenario.model_validate_json(scenario_key)
     fed = federated_data(scenario)
     train, val = client_splits(fed, partition_id, scenario.data.val_size, scenario.seed)
-    _, tokenizer = _model_and_tokenizer(scenario.model.name, fed.label_names, scenario.seed)
+    tokenizer = load_tokenizer(scenario.model.name)
     max_length = scenario.model.max_length
     return LocalData(tokenize(train, tokenizer, max_length), tokenize(val, tokenizer, max_length))
 
@@ -81,7 +83,7 @@ class LocalNode:
         self.server_round = int(msg.content["config"].get("server-round", 0))
         label_names = federated_data(scenario).label_names
         self.model, self.tokenizer = _model_and_tokenizer(
-            scenario.model.name, label_names, scenario.seed
+            scenario.model, label_names, scenario.seed
         )
         self.data = _local_data(scenario, self.partition_id)
         self.global_weights = from_record(msg.content["arrays"])
@@ -143,6 +145,22 @@ def inject_faults(node: LocalNode) -> Callable[[int], None] | None:
     return crash_halfway
 
 
+RESIDUAL = "codec-residual"
+"""The node-state record holding what the codec has not sent yet (error feedback)."""
+
+
+def encode_update(codec: CodecConfig, update: dict[str, np.ndarray], context: Context) -> dict:
+    """Pack the update with the scenario's codec; the error-feedback residual stays in the
+    node's own state (`context.state`), never in the reply."""
+    previous = context.state.array_records.get(RESIDUAL)
+    packed, residual = encode_with_feedback(
+        codec, update, from_record(previous) if previous else None
+    )
+    if residual is not None:
+        context.state[RESIDUAL] = to_record(residual)
+    return packed
+
+
 def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     """A ClientApp bound to `scenario`, or reading it from the run config (`flwr run`)."""
     app = ClientApp()
@@ -153,23 +171,31 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     @app.train()
     @reported
     def train(msg: Message, context: Context) -> Message:
+        started = time.perf_counter()
         node = node_for(msg, context)
         on_step = inject_faults(node)
         cfg = node.scenario.training
         torch.manual_seed(node.run_seed)
-        loader = make_loader(node.data.train, node.tokenizer, cfg.batch_size, node.run_seed)
+        loader = make_loader(
+            node.data.train, node.tokenizer, cfg.batch_size, node.run_seed, cfg.group_by_length
+        )
         mu = float(msg.content["config"].get("proximal-mu", 0.0))  # sent by FedProx
+        training = time.perf_counter()
         result = train_steps(node.model, loader, cfg, node.device, on_step=on_step, proximal_mu=mu)
+        train_seconds = time.perf_counter() - training
         local = trainable_weights(node.model)
         update = {name: local[name] - weights for name, weights in node.global_weights.items()}
+        packed = encode_update(node.scenario.codec, update, context)
         metrics = MetricRecord(
             {
                 "num-examples": len(node.data.train),
                 "train_loss": result.mean_loss,
                 "partition-id": node.partition_id,
+                "train_seconds": train_seconds,
+                "client_seconds": time.perf_counter() - started,
             }
         )
-        return Message(RecordDict({"arrays": to_record(update), "metrics": metrics}), reply_to=msg)
+        return Message(RecordDict({"arrays": to_record(packed), "metrics": metrics}), reply_to=msg)
 
     @app.query()
     def identify(msg: Message, context: Context) -> Message:
@@ -181,10 +207,15 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     @app.evaluate()
     @reported
     def evaluate_local(msg: Message, context: Context) -> Message:
+        started = time.perf_counter()
         node = node_for(msg, context)
         loader = make_loader(node.data.val, node.tokenizer, node.scenario.training.eval_batch_size)
         result = evaluate(node.model, loader, node.device)
-        metrics = {"num-examples": result["num_examples"], "partition-id": node.partition_id}
+        metrics = {
+            "num-examples": result["num_examples"],
+            "partition-id": node.partition_id,
+            "client_seconds": time.perf_counter() - started,
+        }
         metrics.update({f"eval_{k}": result.get(k, 0.0) for k in ("loss", "accuracy", "macro_f1")})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -22,10 +22,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
 
+PEFT_METHODS = ("none", "lora", "loha", "lokr", "ia3")
+
+
+class PeftSettings(Section):
+    """Parameter-efficient fine-tuning with HF `peft`: only the adapters and the
+    classification head train and travel; the frozen backbone never leaves a node."""
+
+    method: Literal[PEFT_METHODS] = "none"
+    rank: int = Field(8, ge=1)
+    """Adapter rank (`lora`, `loha`, `lokr`)."""
+    alpha: float = Field(16.0, gt=0.0)
+    """Scaling numerator (`lora`, `loha`, `lokr`): updates are scaled by alpha / rank."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input (`lora`, `loha`, `lokr`)."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names to adapt; default: peft's choice for the architecture (BERT: query, value;
+    ia3: key, value, output.dense)."""
+
+
 class ModelConfig(Section):
     name: str = "embedded"
     """`embedded` (the offline MiniLM-L6 BERT), a local model directory, or a hub id."""
     max_length: int = Field(128, ge=8, le=512)
+    peft: PeftSettings = PeftSettings()
 
 
 class DataConfig(Section):
@@ -105,6 +125,23 @@ class TrainingConfig(Section):
     grad_accum_steps: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """`auto` is bf16 autocast on CUDA when supported, else fp32."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding), in shuffled mega-batches."""
+
+
+class CodecConfig(Section):
+    """How a client's update travels to the server (the global model goes down as float32)."""
+
+    kind: Literal["none", "fp16", "bf16", "int8", "topk"] = "none"
+    """`none`: float32; `fp16`/`bf16`: half precision; `int8`: 8-bit with a float32 scale
+    per block; `topk`: only the largest-magnitude entries of each tensor, with their indices."""
+    block_size: int = Field(0, ge=0)
+    """`int8`: entries per scale; 0 means one scale per tensor."""
+    topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
+    """`topk`: share of each tensor's entries sent."""
+    error_feedback: bool = True
+    """Lossy codecs: what rounding or sparsification dropped is kept in the node's state and
+    added to its next update."""
 
 
 class FaultsConfig(Section):
@@ -146,6 +183,7 @@ class Scenario(Section):
     partition: PartitionConfig = PartitionConfig()
     federation: FederationConfig = FederationConfig()
     training: TrainingConfig = TrainingConfig()
+    codec: CodecConfig = CodecConfig()
     faults: FaultsConfig = FaultsConfig()
     output: OutputConfig = OutputConfig()
 

@@ -29,6 +29,7 @@ from flwr_datasets.partitioner import (
 from flwr_datasets.partitioner.partitioner import Partitioner
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from fedtune.config import DataConfig, PartitionConfig, Scenario
 
@@ -295,15 +296,18 @@ def make_loader(
     tokenizer: PreTrainedTokenizerBase,
     batch_size: int,
     shuffle_seed: int | None = None,
+    group_by_length: bool = False,
 ) -> DataLoader:
-    """Batches padded to their longest example; shuffled when a seed is given."""
-    generator = None
-    if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle_seed is not None,
-        generator=generator,
-        collate_fn=DataCollatorWithPadding(tokenizer),
-    )
+    """Batches padded to their longest example; shuffled when a seed is given, and then, with
+    `group_by_length`, drawn from mega-batches sorted by length (HF's LengthGroupedSampler)."""
+    collate = DataCollatorWithPadding(tokenizer)
+    if shuffle_seed is None:
+        return DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    generator = torch.Generator().manual_seed(shuffle_seed)
+    if not group_by_length:
+        return DataLoader(
+            ds, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate
+        )
+    lengths = [len(ids) for ids in ds.with_format(None)["input_ids"]]
+    sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate)

@@ -16,6 +16,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from fedtune.config import PeftSettings
+
 EMBEDDED = "embedded"
 
 # "Some weights were newly initialized" is expected: the classifier head is new.
@@ -56,12 +58,14 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(resolve_model_source(name))
 
 
-def load_model(name: str, label_names: tuple[str, ...], seed: int) -> PreTrainedModel:
+def load_model(
+    name: str, label_names: tuple[str, ...], seed: int, peft: PeftSettings | None = None
+) -> PreTrainedModel:
     """The pretrained encoder with a new classification head (seeded, so every process
-    builds the same initial weights)."""
+    builds the same initial weights), wrapped with PEFT adapters when `peft` asks for them."""
     torch.manual_seed(seed)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             resolve_model_source(name),
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
@@ -70,6 +74,41 @@ def load_model(name: str, label_names: tuple[str, ...], seed: int) -> PreTrained
         )
     except OSError as exc:
         raise ModelError(f"model.name {name!r}: {str(exc).splitlines()[0]}") from None
+    if peft is None or peft.method == "none":
+        return model
+    return add_adapters(model, peft)
+
+
+def add_adapters(model: PreTrainedModel, settings: PeftSettings) -> PreTrainedModel:
+    """Wrap `model` with HF peft adapters; the backbone freezes, the adapters and the
+    classification head (peft's SEQ_CLS `modules_to_save`) stay trainable."""
+    import peft
+
+    common = {"task_type": peft.TaskType.SEQ_CLS, "target_modules": settings.target_modules}
+    low_rank = {"r": settings.rank, "alpha": settings.alpha, "rank_dropout": settings.dropout}
+    config = {
+        "lora": lambda: peft.LoraConfig(
+            r=settings.rank,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            **common,
+        ),
+        "loha": lambda: peft.LoHaConfig(**low_rank, **common),
+        "lokr": lambda: peft.LoKrConfig(**low_rank, **common),
+        "ia3": lambda: peft.IA3Config(**common),
+    }[settings.method]()
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelError(f"model.peft ({settings.method}): {str(exc).splitlines()[0]}") from None
+
+
+def export_model(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain transformers model to save: PEFT adapters are merged into the backbone, so
+    the saved directory loads with `AutoModelForSequenceClassification.from_pretrained`."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
 
 
 def trainable_weights(model: PreTrainedModel) -> dict[str, np.ndarray]:

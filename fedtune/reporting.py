@@ -223,8 +223,11 @@ class RunRecorder:
         self.write_summary()
 
     def save_model(self, model: Any, tokenizer: Any) -> None:
+        """The final model as a plain transformers directory (PEFT adapters merged)."""
+        from fedtune.model import export_model
+
         def save(tmp: Path) -> None:
-            model.save_pretrained(tmp)
+            export_model(model).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 
         save_dir_atomic(self.run_dir / "model", save)

@@ -111,7 +111,9 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     budget = per_round * fl.rounds
     server = GlobalModel.load(scenario, fed)
     train = tokenize(union, server.tokenizer, scenario.model.max_length)
-    train_loader = make_loader(train, server.tokenizer, cfg.batch_size, scenario.seed)
+    train_loader = make_loader(
+        train, server.tokenizer, cfg.batch_size, scenario.seed, cfg.group_by_length
+    )
     rounds_done = 0
     with (
         RunRecorder(run_dir, scenario, "centralized", n) as recorder,

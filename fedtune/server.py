@@ -45,8 +45,12 @@ class Exchange:
     server_round: int
     sent: int
     replies: list[Message]
-    bytes_down: int
-    bytes_up: int
+    bytes_down: dict[int, int]
+    """Bytes sent to each node."""
+
+    @property
+    def bytes_up(self) -> int:
+        return sum(payload_bytes(r) for r in self.replies if r.has_content())
 
     def failures(self) -> dict:
         """Sampled, answered, failed (error reply) and timed-out counts."""
@@ -114,7 +118,7 @@ class ObservedGrid(Grid):
             return []
         kind = messages[0].metadata.message_type
         server_round = int(messages[0].content["config"].get("server-round", 0))
-        bytes_down = sum(payload_bytes(m) for m in messages)
+        bytes_down = {m.metadata.dst_node_id: payload_bytes(m) for m in messages}
         pending = set(self.push_messages(messages))
         total, replies = len(pending), []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -127,15 +131,16 @@ class ObservedGrid(Grid):
                 self.progress.phase(server_round, kind, len(replies), total)
             else:
                 time.sleep(0.1)
-        bytes_up = sum(payload_bytes(r) for r in replies if r.has_content())
-        self.on_exchange(Exchange(kind, server_round, total, replies, bytes_down, bytes_up))
+        self.on_exchange(Exchange(kind, server_round, total, replies, bytes_down))
         return replies
 
 
-def _client_metrics(reply: Message) -> dict:
+def _client_metrics(reply: Message, bytes_down: int) -> dict:
+    """One client's line in metrics.jsonl: its metrics (or error) and its bytes each way."""
+    node = {"node_id": reply.metadata.src_node_id, "bytes_down": bytes_down}
     if reply.has_error():
-        return {"node_id": reply.metadata.src_node_id, "error": client_error(reply.error.reason)}
-    return {"node_id": reply.metadata.src_node_id, **dict(reply.content["metrics"])}
+        return {**node, "bytes_up": 0, "error": client_error(reply.error.reason)}
+    return {**node, "bytes_up": payload_bytes(reply), **dict(reply.content["metrics"])}
 
 
 def client_error(reason: str) -> str:
@@ -164,7 +169,7 @@ class GlobalModel:
     @classmethod
     def load(cls, scenario: Scenario, fed: FederatedData) -> GlobalModel:
         tokenizer = load_tokenizer(scenario.model.name)
-        model = load_model(scenario.model.name, fed.label_names, scenario.seed)
+        model = load_model(scenario.model.name, fed.label_names, scenario.seed, scenario.model.peft)
         test = tokenize(fed.test, tokenizer, scenario.model.max_length)
         loader = make_loader(test, tokenizer, scenario.training.eval_batch_size)
         return cls(model, tokenizer, loader, fed.label_names, pick_device())
@@ -204,11 +209,13 @@ def run_server(
     ):
 
         def on_exchange(exchange: Exchange) -> None:
-            clients = [_client_metrics(r) for r in exchange.replies]
+            clients = [
+                _client_metrics(r, exchange.bytes_down.get(r.metadata.src_node_id, 0))
+                for r in exchange.replies
+            ]
             failures = exchange.failures()
-            recorder.exchange(
-                exchange.kind, clients, exchange.bytes_down, exchange.bytes_up, failures
-            )
+            bytes_down = sum(exchange.bytes_down.values())
+            recorder.exchange(exchange.kind, clients, bytes_down, exchange.bytes_up, failures)
             for client in clients:
                 if "error" in client:
                     progress.warn(client["error"])

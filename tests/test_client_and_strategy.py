@@ -95,7 +95,8 @@ def test_one_client_full_participation_equals_local_training(make_scenario, task
     local_model = load_model(scenario.model.name, fed.label_names, scenario.seed)
     run_seed = scenario.seed * 1_000_003 + 1 * 1_009 + 0
     torch.manual_seed(run_seed)
-    loader = make_loader(tokenize(train, tokenizer, 32), tokenizer, 16, run_seed)
+    grouped = scenario.training.group_by_length
+    loader = make_loader(tokenize(train, tokenizer, 32), tokenizer, 16, run_seed, grouped)
     train_steps(local_model, loader, scenario.training, torch.device("cpu"))
     by_hand = trainable_weights(local_model)
 
@@ -124,7 +125,13 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
     for name, array in arrays.items():
         assert array.shape == glob[name].shape and array.dtype == np.float32
     metrics = dict(content.metric_records["metrics"])
-    assert set(metrics) == {"num-examples", "train_loss", "partition-id"}
+    assert set(metrics) == {
+        "num-examples",
+        "train_loss",
+        "partition-id",
+        "train_seconds",
+        "client_seconds",
+    }
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["num-examples"] == len(shard_texts)
 
@@ -144,6 +151,7 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
     assert set(eval_metrics) == {
         "num-examples",
         "partition-id",
+        "client_seconds",
         "eval_loss",
         "eval_accuracy",
         "eval_macro_f1",

@@ -51,7 +51,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
-    """The scenario's Flower strategy with its parameters, receiving weight updates."""
+    """The scenario's Flower strategy with its parameters, receiving weight updates packed
+    with the scenario's codec."""
     cfg = scenario.federation
     params = dict(cfg.strategy_params)
     if cfg.strategy == "qfedavg":  # q-FedAvg's Lipschitz estimate needs the client LR
@@ -69,4 +70,4 @@ def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
         )
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"federation.strategy_params for {cfg.strategy}: {exc}") from None
-    return DeltaUpdates(inner)
+    return DeltaUpdates(inner, scenario.codec)

@@ -10,6 +10,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedtune.codecs import decode
+from fedtune.config import CodecConfig
 from fedtune.model import from_record, to_record
 
 
@@ -24,13 +26,14 @@ def _client_order(reply: Message) -> tuple[int, int]:
 class DeltaUpdates(Strategy):
     """Wraps a Flower strategy whose clients reply with `local - global` weight updates.
 
-    Before the wrapped strategy sees a train reply, its update is turned back into full
-    weights (`global + update`), so FedAvg, robust aggregators and DP wrappers, which all
-    expect full weights, work unchanged.
+    Before the wrapped strategy sees a train reply, its update is unpacked with `codec` and
+    turned back into full weights (`global + update`), so FedAvg, robust aggregators and DP
+    wrappers, which all expect full weights, work unchanged.
     """
 
-    def __init__(self, inner: Strategy) -> None:
+    def __init__(self, inner: Strategy, codec: CodecConfig | None = None) -> None:
         self.inner = inner
+        self.codec = codec or CodecConfig()
         self._global: dict | None = None
 
     def summary(self) -> None:
@@ -81,7 +84,7 @@ class DeltaUpdates(Strategy):
     def _add_global(self, reply: Message) -> None:
         """Replace the reply's update in place by the full weights it implies."""
         for key, record in list(reply.content.array_records.items()):
-            update = from_record(record)
+            update = decode(self.codec, from_record(record), self._global)
             reply.content[key] = to_record(
                 {name: self._global[name] + delta for name, delta in update.items()}
             )

@@ -1,0 +1,93 @@
+"""Update codecs: how a client's update is packed for the trip to the server, and unpacked.
+
+A packed update is a flat dict of numpy arrays (one ArrayRecord): per tensor `name` for
+`none`/`fp16`/`bf16`, `name::q` + `name::scale` for `int8`, `name::idx` + `name::val` for
+`topk`. Unpacking needs the tensors' shapes, which the server has (the global weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedtune.config import CodecConfig
+
+Arrays = dict[str, np.ndarray]
+
+
+def _int8(flat: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit quantization with one float32 scale per `block` entries."""
+    padded = np.pad(flat, (0, -len(flat) % block)).reshape(-1, block)
+    scale = np.abs(padded).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(padded / scale[:, None]), -127, 127).astype(np.int8)
+    return q.ravel(), scale.astype(np.float32)
+
+
+def _topk(flat: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (int32, ascending) and values of the largest-magnitude entries."""
+    k = max(1, int(np.ceil(fraction * len(flat))))
+    idx = np.sort(np.argpartition(np.abs(flat), len(flat) - k)[len(flat) - k :])
+    return idx.astype(np.int32), flat[idx].astype(np.float32)
+
+
+def encode(cfg: CodecConfig, update: Arrays) -> Arrays:
+    """Pack float32 tensors with the configured codec."""
+    packed: Arrays = {}
+    for name, tensor in update.items():
+        flat = np.asarray(tensor, dtype=np.float32).ravel()
+        if cfg.kind == "none":
+            packed[name] = np.asarray(tensor, dtype=np.float32)
+        elif cfg.kind == "fp16":
+            packed[name] = tensor.astype(np.float16)
+        elif cfg.kind == "bf16":  # numpy has no bfloat16: its 16 bits travel as int16
+            packed[name] = torch.from_numpy(flat).to(torch.bfloat16).view(torch.int16).numpy()
+        elif cfg.kind == "int8":
+            packed[f"{name}::q"], packed[f"{name}::scale"] = _int8(
+                flat, cfg.block_size or flat.size
+            )
+        else:
+            packed[f"{name}::idx"], packed[f"{name}::val"] = _topk(flat, cfg.topk_fraction)
+    return packed
+
+
+def decode(cfg: CodecConfig, packed: Arrays, like: Arrays) -> Arrays:
+    """Unpack into float32 tensors shaped as in `like` (names and shapes of the model);
+    a missing or misshapen part raises ValueError naming the tensor."""
+    update: Arrays = {}
+    for name, ref in like.items():
+        try:
+            update[name] = _decode_one(cfg, packed, name, ref.size).reshape(ref.shape)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ValueError(
+                f"update for {name!r} cannot be decoded as {cfg.kind}: {exc}"
+            ) from None
+    return update
+
+
+def _decode_one(cfg: CodecConfig, packed: Arrays, name: str, size: int) -> np.ndarray:
+    if cfg.kind in ("none", "fp16"):
+        return packed[name].astype(np.float32)
+    if cfg.kind == "bf16":
+        return torch.from_numpy(packed[name]).view(torch.bfloat16).float().numpy()
+    if cfg.kind == "int8":
+        scale = packed[f"{name}::scale"]
+        q = packed[f"{name}::q"].reshape(len(scale), -1)
+        return (q.astype(np.float32) * scale[:, None]).ravel()[:size]
+    flat = np.zeros(size, dtype=np.float32)
+    flat[packed[f"{name}::idx"]] = packed[f"{name}::val"]
+    return flat
+
+
+def encode_with_feedback(
+    cfg: CodecConfig, update: Arrays, residual: Arrays | None
+) -> tuple[Arrays, Arrays | None]:
+    """Pack `update` plus what earlier rounds' packing dropped (error feedback); returns the
+    packed update and the new residual (None when the codec is lossless or feedback is off)."""
+    if cfg.kind == "none" or not cfg.error_feedback:
+        return encode(cfg, update), None
+    if residual:
+        update = {name: u + residual.get(name, 0.0) for name, u in update.items()}
+    packed = encode(cfg, update)
+    sent = decode(cfg, packed, update)
+    return packed, {name: update[name] - sent[name] for name in update}
