@@ -175,7 +175,10 @@ class GlobalModel:
         return cls(model, tokenizer, loader, fed.label_names, pick_device())
 
     def evaluate(self) -> dict:
-        return evaluate(self.model, self.test_loader, self.device, self.label_names)
+        """Metrics on the test split, with the seconds the evaluation took."""
+        started = time.perf_counter()
+        metrics = evaluate(self.model, self.test_loader, self.device, self.label_names)
+        return {**metrics, "eval_seconds": time.perf_counter() - started}
 
 
 def check_node_count(grid: Grid, num_clients: int) -> None:
