@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -83,25 +90,10 @@ class ClientResources(Section):
     num_gpus: float = Field(0.0, ge=0.0)
 
 
-STRATEGY_NAMES = (
-    "fedavg",
-    "fedprox",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedavgm",
-    "fedmedian",
-    "fedtrimmedavg",
-    "krum",
-    "multikrum",
-    "bulyan",
-    "qfedavg",
-)
-
-
 class FederationConfig(Section):
-    strategy: Literal[STRATEGY_NAMES] = "fedavg"
-    """A Flower strategy (`flwr.serverapp.strategy`), by lower-case name."""
+    strategy: str = "fedavg"
+    """A strategy registered in `fedtune.strategies.STRATEGIES`, by lower-case name (all of
+    Flower's `flwr.serverapp.strategy`)."""
     strategy_params: dict[str, float | int | str | bool] = {}
     """Keyword arguments of that strategy, e.g. `{proximal_mu: 0.01}` for fedprox."""
     rounds: int = Field(3, ge=1)
@@ -112,6 +104,15 @@ class FederationConfig(Section):
     min_available_nodes: int = Field(1, ge=1)
     round_timeout: float = Field(3600.0, gt=0.0)
     client_resources: ClientResources = ClientResources()
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from fedtune.strategies import STRATEGIES  # imports flwr; only when validating
+
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+        return name
 
 
 class TrainingConfig(Section):
