@@ -8,6 +8,7 @@ ids or labels.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import time
 from collections.abc import Callable
@@ -17,10 +18,16 @@ from functools import lru_cache
 import datasets
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore.differential_privacy import (
+    KEY_CLIPPING_NORM,
+    KEY_NORM_BIT,
+    adaptive_clip_inputs_inplace,
+)
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedtune.attacks import flip_labels, malicious_clients, poison
 from fedtune.codecs import encode_with_feedback
 from fedtune.config import CodecConfig, ModelConfig, Scenario, scenario_from_run_config
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
@@ -145,6 +152,19 @@ def inject_faults(node: LocalNode) -> Callable[[int], None] | None:
     return crash_halfway
 
 
+DP_SGD_HISTORY = "dp-sgd-history"
+"""The node-state record holding the node's opacus accountant history (DP-SGD)."""
+
+
+def _load_json(context: Context, key: str) -> list | None:
+    record = context.state.config_records.get(key)
+    return json.loads(str(record["json"])) if record else None
+
+
+def _save_json(context: Context, key: str, value: list) -> None:
+    context.state[key] = ConfigRecord({"json": json.dumps(value)})
+
+
 RESIDUAL = "codec-residual"
 """The node-state record holding what the codec has not sent yet (error feedback)."""
 
@@ -174,28 +194,50 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         started = time.perf_counter()
         node = node_for(msg, context)
         on_step = inject_faults(node)
-        cfg = node.scenario.training
+        malicious = node.partition_id in malicious_clients(node.scenario)
+        cfg, dp_sgd = node.scenario.training, node.scenario.privacy.dp_sgd
         torch.manual_seed(node.run_seed)
+        data = node.data.train
+        if malicious and node.scenario.attack.kind == "label_flip":
+            data = flip_labels(data, len(node.model.config.id2label))
         loader = make_loader(
-            node.data.train, node.tokenizer, cfg.batch_size, node.run_seed, cfg.group_by_length
+            data, node.tokenizer, cfg.batch_size, node.run_seed, cfg.group_by_length
         )
-        mu = float(msg.content["config"].get("proximal-mu", 0.0))  # sent by FedProx
+        config = msg.content["config"]
         training = time.perf_counter()
-        result = train_steps(node.model, loader, cfg, node.device, on_step=on_step, proximal_mu=mu)
+        result = train_steps(
+            node.model,
+            loader,
+            cfg,
+            node.device,
+            on_step=on_step,
+            proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by FedProx
+            dp_sgd=dp_sgd if dp_sgd.enabled else None,
+            privacy_history=_load_json(context, DP_SGD_HISTORY),
+        )
         train_seconds = time.perf_counter() - training
         local = trainable_weights(node.model)
         update = {name: local[name] - weights for name, weights in node.global_weights.items()}
+        metrics = {
+            "num-examples": len(node.data.train),
+            "train_loss": result.mean_loss,
+            "partition-id": node.partition_id,
+            "train_seconds": train_seconds,
+        }
+        if KEY_CLIPPING_NORM in config:  # client-side DP clipping (Flower's DP wrappers)
+            norm_bit = adaptive_clip_inputs_inplace(
+                list(update.values()), config[KEY_CLIPPING_NORM]
+            )
+            metrics[KEY_NORM_BIT] = int(norm_bit)
+        if result.epsilon is not None:
+            _save_json(context, DP_SGD_HISTORY, result.privacy_history)
+            metrics["dp_sgd_epsilon"] = result.epsilon
+        if malicious:
+            update = poison(update, node.scenario.attack, np.random.default_rng(node.run_seed))
         packed = encode_update(node.scenario.codec, update, context)
-        metrics = MetricRecord(
-            {
-                "num-examples": len(node.data.train),
-                "train_loss": result.mean_loss,
-                "partition-id": node.partition_id,
-                "train_seconds": train_seconds,
-                "client_seconds": time.perf_counter() - started,
-            }
-        )
-        return Message(RecordDict({"arrays": to_record(packed), "metrics": metrics}), reply_to=msg)
+        metrics["client_seconds"] = time.perf_counter() - started
+        content = RecordDict({"arrays": to_record(packed), "metrics": MetricRecord(metrics)})
+        return Message(content, reply_to=msg)
 
     @app.query()
     def identify(msg: Message, context: Context) -> Message:

@@ -51,9 +51,27 @@ def encode(cfg: CodecConfig, update: Arrays) -> Arrays:
     return packed
 
 
+PARTS: dict[str, dict[str, type]] = {
+    "none": {"": np.float32},
+    "fp16": {"": np.float16},
+    "bf16": {"": np.int16},
+    "int8": {"::q": np.int8, "::scale": np.float32},
+    "topk": {"::idx": np.int32, "::val": np.float32},
+}
+"""Each codec's arrays per tensor: name suffix -> dtype."""
+
+
 def decode(cfg: CodecConfig, packed: Arrays, like: Arrays) -> Arrays:
     """Unpack into float32 tensors shaped as in `like` (names and shapes of the model);
-    a missing or misshapen part raises ValueError naming the tensor."""
+    a missing, extra, misshapen or mistyped part raises ValueError naming it."""
+    parts = PARTS[cfg.kind]
+    expected = {name + suffix: dtype for name in like for suffix, dtype in parts.items()}
+    if set(packed) != set(expected):
+        odd = sorted(set(packed) ^ set(expected))
+        raise ValueError(f"update tensors do not match the model's (e.g. {odd[0]!r})")
+    for key, dtype in expected.items():
+        if packed[key].dtype != dtype:
+            raise ValueError(f"{key!r} is {packed[key].dtype}, {cfg.kind} sends {np.dtype(dtype)}")
     update: Arrays = {}
     for name, ref in like.items():
         try:

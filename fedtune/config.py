@@ -165,6 +165,57 @@ class FaultsConfig(Section):
         return self
 
 
+class AttackConfig(Section):
+    """Simulated Byzantine clients: a seeded `fraction` of the clients is malicious."""
+
+    kind: Literal["none", "label_flip", "sign_flip", "gaussian_noise", "scale"] = "none"
+    """`label_flip`: train on labels shifted by one class; `sign_flip`: send `-scale` times
+    the honest update; `scale`: send `scale` times it; `gaussian_noise`: send N(0, noise_std)."""
+    fraction: float = Field(0.2, ge=0.0, le=1.0)
+    scale: float = Field(4.0, gt=0.0)
+    noise_std: float = Field(0.01, gt=0.0)
+
+
+class ValidationConfig(Section):
+    """Server-side checks of each update before aggregation; failures are rejected."""
+
+    enabled: bool = True
+    """Reject updates with missing, extra or misshapen tensors, a wrong dtype, or NaN/Inf."""
+    max_norm_ratio: float | None = Field(10.0, gt=1.0)
+    """Also reject an update whose L2 norm exceeds this multiple of the round's median norm
+    (null: no norm check)."""
+
+
+class DPConfig(Section):
+    """Client-level differential privacy with Flower's DP strategy wrappers."""
+
+    enabled: bool = False
+    clipping: Literal["server", "client"] = "server"
+    """Where updates are clipped: on the server (it sees raw updates), or on each client."""
+    adaptive: bool = False
+    """Adapt the clipping norm each round towards `target_clipped_quantile` (Andrew et al.)."""
+    noise_multiplier: float = Field(1.0, gt=0.0)
+    clipping_norm: float = Field(1.0, gt=0.0)
+    """The clipping norm (adaptive: the initial one)."""
+    target_clipped_quantile: float = Field(0.5, ge=0.0, le=1.0)
+    clip_norm_lr: float = Field(0.2, gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+
+
+class DPSGDConfig(Section):
+    """Sample-level DP-SGD inside each client (opacus): per-example clipping and noise."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, gt=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+
+
+class PrivacyConfig(Section):
+    dp: DPConfig = DPConfig()
+    dp_sgd: DPSGDConfig = DPSGDConfig()
+
+
 class OutputConfig(Section):
     dir: str | None = None
     """Run directory; default `runs/<name>-<timestamp>/`."""
@@ -186,7 +237,30 @@ class Scenario(Section):
     training: TrainingConfig = TrainingConfig()
     codec: CodecConfig = CodecConfig()
     faults: FaultsConfig = FaultsConfig()
+    attack: AttackConfig = AttackConfig()
+    validation: ValidationConfig = ValidationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> Scenario:
+        dp = self.privacy.dp
+        if dp.enabled and self.federation.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(
+                "privacy.dp works with federation.strategy fedavg or fedprox (uniform FedAvg "
+                f"is what the accountant assumes), not {self.federation.strategy}"
+            )
+        if dp.enabled and dp.clipping == "client" and self.codec.kind != "none":
+            raise ValueError("privacy.dp.clipping 'client' needs codec.kind 'none'")
+        if self.privacy.dp_sgd.enabled:
+            if self.model.peft.method == "none":
+                raise ValueError(
+                    "privacy.dp_sgd needs model.peft.method (lora, loha, lokr or ia3): opacus "
+                    "cannot give per-example gradients for BERT's shared position embeddings"
+                )
+            if self.federation.strategy == "fedprox":
+                raise ValueError("privacy.dp_sgd does not combine with fedprox's proximal term")
+        return self
 
     @model_validator(mode="after")
     def _nodes_fit_federation(self) -> Scenario:

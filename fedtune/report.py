@@ -145,7 +145,9 @@ def make_figures(run_dir: Path) -> list[Path]:
         plot_client_spread(run, out / "client_accuracy.png"),
         plot_partition(run, out / "partition.png"),
         plot_series(run, ("bytes_up", "bytes_down"), "bytes per round", out / "bytes.png"),
-        plot_series(run, ("epsilon",), "privacy spent (epsilon)", out / "epsilon.png"),
+        plot_series(
+            run, ("epsilon", "dp_sgd_epsilon"), "privacy spent (epsilon)", out / "epsilon.png"
+        ),
     ]
     return [p for p in made if p is not None]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from fedtune.config import Scenario
@@ -151,7 +153,14 @@ class RunRecorder:
         self.tensorboard = (
             _tensorboard_writer(self.run_dir) if scenario.output.tensorboard else None
         )
-        self.totals = {"bytes_up_total": 0, "bytes_down_total": 0, "failed_replies_total": 0}
+        self.totals = {
+            "bytes_up_total": 0,
+            "bytes_down_total": 0,
+            "failed_replies_total": 0,
+            "rejected_updates": 0,
+        }
+        self.extra: dict = {}
+        """Latest `privacy` and `fairness` for summary.json."""
 
     def __enter__(self) -> RunRecorder:
         return self
@@ -167,6 +176,7 @@ class RunRecorder:
     def _new_round(self) -> None:
         self.clients: dict[str, list[dict]] = {"train": [], "evaluate": []}
         self.failures: dict[str, dict] = {}
+        self.rejected: list[dict] = []
         self.bytes = {"bytes_down": 0, "bytes_up": 0}
 
     def write_partition(self, table: dict) -> None:
@@ -190,21 +200,39 @@ class RunRecorder:
         self.totals["bytes_down_total"] += bytes_down
         self.totals["bytes_up_total"] += bytes_up
 
+    def reject(self, rejected: list[dict]) -> None:
+        """Record the updates the server rejected this round (client and reason)."""
+        self.rejected.extend(rejected)
+        self.totals["rejected_updates"] += len(rejected)
+
     def round_done(
-        self, server_round: int, central: dict, seconds: float, federated: dict | None = None
+        self,
+        server_round: int,
+        central: dict,
+        seconds: float,
+        federated: dict | None = None,
+        privacy: dict | None = None,
     ) -> None:
         """Close a round: append its line to metrics.jsonl and refresh summary.json."""
         entry = {"round": server_round, **{k: central[k] for k in CENTRAL_KEYS}}
         entry["seconds"] = round(seconds, 3)
         self.history.append(entry)
+        fairness = fairness_metrics(self.clients["evaluate"], central)
+        privacy = {**(privacy or {}), **self._dp_sgd_epsilon()}
         line = {
             **entry,
             **self.bytes,
+            **privacy,
             "failures": self.failures,
+            "rejected": self.rejected,
             "central": central,
             "federated_evaluate": federated or {},
+            "fairness": fairness,
             "clients": self.clients,
         }
+        self.extra["fairness"] = fairness
+        if privacy:
+            self.extra["privacy"] = {**self.extra.get("privacy", {}), **privacy}
         self._new_round()
         self.lines.append(json.dumps(line))
         write_atomic(self.run_dir / "metrics.jsonl", "\n".join(self.lines) + "\n")
@@ -212,13 +240,26 @@ class RunRecorder:
         if self.tensorboard is not None:
             _tensorboard_round(self.tensorboard, line)
 
+    def _dp_sgd_epsilon(self) -> dict:
+        """The largest DP-SGD ε any client reported this round (clients account their own)."""
+        spent = [c["dp_sgd_epsilon"] for c in self.clients["train"] if "dp_sgd_epsilon" in c]
+        if not spent:
+            return {}
+        return {"dp_sgd_epsilon": max(spent), "dp_sgd_delta": self.scenario.privacy.dp_sgd.delta}
+
     def state(self) -> dict:
         """What a checkpoint needs to continue this record."""
-        return {"history": self.history, "lines": self.lines, "totals": self.totals}
+        return {
+            "history": self.history,
+            "lines": self.lines,
+            "totals": self.totals,
+            "extra": self.extra,
+        }
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint's record; later lines of an interrupted run are dropped."""
         self.history, self.lines, self.totals = state["history"], state["lines"], state["totals"]
+        self.extra = state["extra"]
         write_atomic(self.run_dir / "metrics.jsonl", "\n".join(self.lines) + "\n")
         self.write_summary()
 
@@ -245,6 +286,7 @@ class RunRecorder:
             "model_dir": str(model_dir) if model_dir.is_dir() else None,
             "wall_seconds": round(sum(h["seconds"] for h in self.history), 3),
             **self.totals,
+            **self.extra,
             "run_dir": str(self.run_dir),
         }
         write_json(self.run_dir / "summary.json", summary)
@@ -257,6 +299,29 @@ class RunRecorder:
         summary = self.write_summary()
         make_figures(self.run_dir)
         return summary
+
+
+def fairness_metrics(client_evals: list[dict], central: dict) -> dict:
+    """How evenly the model serves the clients (their local accuracy: min, max, std, mean
+    of the worst 10%) and the classes (per-class F1 on the centralized test split)."""
+    per_class = central.get("per_class", {})
+    fairness: dict = {
+        "per_class_f1": {
+            label: report["f1-score"]
+            for label, report in per_class.items()
+            if isinstance(report, dict) and label not in ("macro avg", "weighted avg")
+        }
+    }
+    accuracies = sorted(c["eval_accuracy"] for c in client_evals if "eval_accuracy" in c)
+    if accuracies:
+        worst = accuracies[: max(1, math.ceil(0.1 * len(accuracies)))]
+        fairness.update(
+            min_client_accuracy=accuracies[0],
+            max_client_accuracy=accuracies[-1],
+            std_client_accuracy=float(np.std(accuracies)),
+            worst10_client_accuracy=float(np.mean(worst)),
+        )
+    return fairness
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

@@ -28,7 +28,7 @@ from fedtune.model import (
     trainable_weights,
 )
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
-from fedtune.strategies import aggregate_client_metrics, build_strategy
+from fedtune.strategies import aggregate_client_metrics, build_strategy, privacy_spent
 from fedtune.train import evaluate, pick_device
 
 
@@ -237,7 +237,13 @@ def run_server(
             load_weights(server.model, weights)
             metrics = server.evaluate()
             seconds = progress.round_done(server_round, metrics)
-            recorder.round_done(server_round, metrics, seconds, federated.get(server_round))
+            recorder.round_done(
+                server_round,
+                metrics,
+                seconds,
+                federated.get(server_round),
+                privacy_spent(strategy),
+            )
             save_checkpoint(run_dir, server_round, weights, strategy, recorder.state())
 
         observed = ObservedGrid(grid, progress, on_exchange)
@@ -257,6 +263,12 @@ def run_server(
                 timeout=fl.round_timeout,
             )
             aggregated, _ = strategy.aggregate_train(server_round, replies)
+            recorder.reject(strategy.rejected)
+            for rejection in strategy.rejected:
+                progress.warn(
+                    f"client {rejection['client']}, round {server_round}: update rejected: "
+                    f"{rejection['reason']}"
+                )
             if aggregated is not None:
                 weights, arrays = from_record(aggregated), aggregated
             replies = observed.send_and_receive(

@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from fedtune.config import TrainingConfig
+from fedtune.config import DPSGDConfig, TrainingConfig
 
 
 def pick_device() -> torch.device:
@@ -43,6 +43,10 @@ class TrainResult:
     """Examples processed (epochs x shard size), the FedAvg weight."""
     mean_loss: float
     """Mean training loss per example."""
+    privacy_history: list | None = None
+    """DP-SGD: the opacus RDP accountant's history so far, (noise, sample rate, steps)."""
+    epsilon: float | None = None
+    """DP-SGD: the ε spent by this client so far, at `dp_sgd.delta`."""
 
 
 def train_steps(
@@ -53,11 +57,15 @@ def train_steps(
     max_examples: int | None = None,
     on_step: Callable[[int], None] | None = None,
     proximal_mu: float = 0.0,
+    dp_sgd: DPSGDConfig | None = None,
+    privacy_history: list | None = None,
 ) -> TrainResult:
     """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
     for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
     `on_step(examples_seen)` is called after each optimizer step. With `proximal_mu` > 0
-    the loss gets FedProx's `mu/2 * ||w - w_start||^2` (w_start: the weights on entry)."""
+    the loss gets FedProx's `mu/2 * ||w - w_start||^2` (w_start: the weights on entry).
+    With `dp_sgd` it is opacus' DP-SGD instead (per-example clipping, Gaussian noise, Poisson
+    batches, fp32), accounted on top of `privacy_history` from earlier rounds."""
     size = len(loader.dataset)
     budget = max_examples or cfg.local_epochs * size
     # Batches until `budget` examples: whole epochs (each ending in a partial batch) + the rest.
@@ -77,9 +85,14 @@ def train_steps(
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps
     )
-    dtype = autocast_dtype(cfg.precision, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     model.to(device).train()
+    engine = forward = None
+    if dp_sgd is not None:
+        engine, forward, optimizer, loader = _make_private(
+            model, optimizer, loader, dp_sgd, privacy_history
+        )
+    dtype = None if engine else autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     anchor = {n: p.detach().clone() for n, p in params} if proximal_mu > 0 else {}
     seen, loss_sum, micro = 0, 0.0, 0
     while seen < budget:
@@ -87,7 +100,7 @@ def train_steps(
             batch = {k: v.to(device) for k, v in batch.items()}
             n = len(batch["labels"])
             with _autocast(dtype, device):
-                loss = model(**batch).loss
+                loss = (forward or model)(**batch).loss
             objective = loss
             if proximal_mu > 0:
                 drift = sum(((p - anchor[n]) ** 2).sum() for n, p in params)
@@ -97,7 +110,8 @@ def train_steps(
             last = seen >= budget
             if micro % cfg.grad_accum_steps == 0 or last:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if engine is None:  # DP-SGD clips each example's gradient instead
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -106,7 +120,34 @@ def train_steps(
                     on_step(seen)
             if last:
                 break
-    return TrainResult(num_examples=seen, mean_loss=loss_sum / max(seen, 1))
+    result = TrainResult(num_examples=seen, mean_loss=loss_sum / max(seen, 1))
+    if engine is not None:
+        forward._close()  # remove opacus' hooks: the model object is reused next round
+        result.privacy_history = [list(step) for step in engine.accountant.history]
+        result.epsilon = engine.get_epsilon(dp_sgd.delta)
+    return result
+
+
+def _make_private(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    dp_sgd: DPSGDConfig,
+    history: list | None,
+) -> tuple:
+    """Opacus' PrivacyEngine around the model, optimizer and loader (Poisson sampling)."""
+    from opacus import PrivacyEngine
+
+    engine = PrivacyEngine(accountant="rdp")
+    engine.accountant.history = [tuple(step) for step in history or []]
+    forward, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=dp_sgd.noise_multiplier,
+        max_grad_norm=dp_sgd.max_grad_norm,
+    )
+    return engine, forward, optimizer, loader
 
 
 @torch.no_grad()

@@ -21,9 +21,16 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedtune.config import Scenario, ScenarioError
-from fedtune.strategies.deltas import DeltaUpdates
+from fedtune.strategies.deltas import UNIFORM_WEIGHT, DeltaUpdates
+from fedtune.strategies.privacy import privacy_spent, with_privacy
 
-__all__ = ["STRATEGIES", "DeltaUpdates", "aggregate_client_metrics", "build_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "DeltaUpdates",
+    "aggregate_client_metrics",
+    "build_strategy",
+    "privacy_spent",
+]
 
 
 def aggregate_client_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -51,12 +58,15 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
-    """The scenario's Flower strategy with its parameters, receiving weight updates packed
-    with the scenario's codec."""
+    """The scenario's Flower strategy with its parameters, behind Flower's DP wrapper when
+    `privacy.dp` is on, receiving weight updates packed with the scenario's codec."""
     cfg = scenario.federation
     params = dict(cfg.strategy_params)
     if cfg.strategy == "qfedavg":  # q-FedAvg's Lipschitz estimate needs the client LR
         params.setdefault("client_learning_rate", scenario.training.lr)
+    dp = scenario.privacy.dp.enabled
+    if dp:  # client-level DP counts every client equally
+        params["weighted_by_key"] = UNIFORM_WEIGHT
     try:
         inner = STRATEGIES[cfg.strategy](
             fraction_train=cfg.fraction_train,
@@ -70,4 +80,5 @@ def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
         )
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"federation.strategy_params for {cfg.strategy}: {exc}") from None
-    return DeltaUpdates(inner, scenario.codec)
+    inner = with_privacy(inner, scenario)
+    return DeltaUpdates(inner, scenario.codec, scenario.validation, uniform_weights=dp)
