@@ -41,7 +41,8 @@ def encode(cfg: CodecConfig, update: Arrays) -> Arrays:
         elif cfg.kind == "fp16":
             packed[name] = tensor.astype(np.float16)
         elif cfg.kind == "bf16":  # numpy has no bfloat16: its 16 bits travel as int16
-            packed[name] = torch.from_numpy(flat).to(torch.bfloat16).view(torch.int16).numpy()
+            half = torch.from_numpy(flat.reshape(np.shape(tensor))).to(torch.bfloat16)
+            packed[name] = half.view(torch.int16).numpy()
         elif cfg.kind == "int8":
             packed[f"{name}::q"], packed[f"{name}::scale"] = _int8(
                 flat, cfg.block_size or flat.size
@@ -75,7 +76,7 @@ def decode(cfg: CodecConfig, packed: Arrays, like: Arrays) -> Arrays:
     update: Arrays = {}
     for name, ref in like.items():
         try:
-            update[name] = _decode_one(cfg, packed, name, ref.size).reshape(ref.shape)
+            update[name] = _decode_one(cfg, packed, name, ref).reshape(ref.shape)
         except (KeyError, ValueError, IndexError) as exc:
             raise ValueError(
                 f"update for {name!r} cannot be decoded as {cfg.kind}: {exc}"
@@ -83,7 +84,10 @@ def decode(cfg: CodecConfig, packed: Arrays, like: Arrays) -> Arrays:
     return update
 
 
-def _decode_one(cfg: CodecConfig, packed: Arrays, name: str, size: int) -> np.ndarray:
+def _decode_one(cfg: CodecConfig, packed: Arrays, name: str, ref: np.ndarray) -> np.ndarray:
+    size = ref.size
+    if cfg.kind in ("none", "fp16", "bf16") and packed[name].shape != ref.shape:
+        raise ValueError(f"shape {packed[name].shape}, the model's is {ref.shape}")
     if cfg.kind in ("none", "fp16"):
         return packed[name].astype(np.float32)
     if cfg.kind == "bf16":

@@ -95,7 +95,7 @@ def train_steps(
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     anchor = {n: p.detach().clone() for n, p in params} if proximal_mu > 0 else {}
     seen, loss_sum, micro = 0, 0.0, 0
-    while seen < budget:
+    while micro < batches:
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             n = len(batch["labels"])
@@ -103,11 +103,11 @@ def train_steps(
                 loss = (forward or model)(**batch).loss
             objective = loss
             if proximal_mu > 0:
-                drift = sum(((p - anchor[n]) ** 2).sum() for n, p in params)
+                drift = sum(((p - anchor[name]) ** 2).sum() for name, p in params)
                 objective = loss + proximal_mu / 2 * drift
             scaler.scale(objective / cfg.grad_accum_steps).backward()
             seen, loss_sum, micro = seen + n, loss_sum + loss.item() * n, micro + 1
-            last = seen >= budget
+            last = micro == batches
             if micro % cfg.grad_accum_steps == 0 or last:
                 scaler.unscale_(optimizer)
                 if engine is None:  # DP-SGD clips each example's gradient instead
