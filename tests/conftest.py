@@ -6,13 +6,20 @@ from __future__ import annotations
 import csv
 import random
 import string
+import uuid
 from pathlib import Path
 
 import pytest
+import torch
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
+from fedtune.client import build_client_app
 from fedtune.config import scenario_from_dict
+from fedtune.server import run_server
 
 WORDS = {
     "negative": ["late", "lost", "rude", "cancelled", "delayed", "awful"],
@@ -27,7 +34,9 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def tiny_bert(
     words: list[str], labels: list[str], max_length: int = 128
 ) -> tuple[BertForSequenceClassification, BertTokenizerFast]:
-    """A 2-layer, 32-wide random BERT whose vocabulary is the special tokens plus `words`."""
+    """A 2-layer, 32-wide random BERT whose vocabulary is the special tokens plus `words`
+    (seeded: every test session gets the same weights)."""
+    torch.manual_seed(0)
     vocab = [*SPECIAL_TOKENS, *words]
     tokenizer = BertTokenizerFast(
         vocab={token: i for i, token in enumerate(vocab)}, model_max_length=max_length
@@ -108,3 +117,64 @@ def make_scenario(tiny_model_dir: Path, toy_csv: Path, tmp_path: Path):
 def task_identity() -> None:
     """Flower needs a task identity to build messages outside a runtime."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+
+
+class LocalGrid(Grid):
+    """A Grid that runs the ClientApp in this process, node i + 1 holding partition i: the
+    real server loop (`run_server`) in seconds, without Ray (tests only)."""
+
+    def __init__(self, app: ClientApp, num_nodes: int) -> None:
+        self.app = app
+        self.contexts = {
+            pid + 1: Context(
+                run_id=1,
+                node_id=pid + 1,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for pid in range(num_nodes)
+        }
+        self.replies: dict[str, Message] = {}
+
+    def set_run(self, run_id: int) -> None:
+        pass
+
+    @property
+    def run(self) -> None:
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:  # noqa: ANN001
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages) -> list[str]:  # noqa: ANN001
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as Flower's grids do
+            try:
+                reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
+            except Exception as exc:  # noqa: BLE001 - a failing client becomes an error reply
+                reply = Message(Error(code=0, reason=str(exc)), reply_to=msg)
+            self.replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:  # noqa: ANN001
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:  # noqa: ANN001
+        return self.pull_messages(self.push_messages(messages))
+
+
+@pytest.fixture
+def run_local(task_identity, tmp_path: Path):
+    """Run a scenario through `run_server` on a LocalGrid; returns summary.json's content."""
+
+    def run(scenario, name: str = "run") -> dict:
+        grid = LocalGrid(build_client_app(scenario), scenario.partition.num_clients)
+        return run_server(grid, scenario, tmp_path / name, quiet=True)
+
+    return run

@@ -34,8 +34,9 @@ __all__ = [
 
 
 def aggregate_client_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """Flower's weighted mean of client metrics, without the (meaningless) mean client id."""
-    aggregated = aggregate_metricrecords(records, weighting_key)
+    """Flower's mean of client metrics weighted by example count (whatever key the strategy
+    weights updates by), without the (meaningless) mean client id."""
+    aggregated = aggregate_metricrecords(records, "num-examples")
     aggregated.pop("partition-id", None)
     return aggregated
 

@@ -142,4 +142,9 @@ class DeltaUpdates(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        replies = list(replies)
+        if self.uniform_weights:  # the inner strategy checks its weighting key here too
+            for reply in replies:
+                if reply.has_content():
+                    reply.content["metrics"][UNIFORM_WEIGHT] = 1
         return self.inner.aggregate_evaluate(server_round, replies)
