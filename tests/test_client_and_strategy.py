@@ -124,7 +124,13 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
     for name, array in arrays.items():
         assert array.shape == glob[name].shape and array.dtype == np.float32
     metrics = dict(content.metric_records["metrics"])
-    assert set(metrics) == {"num-examples", "train_loss", "partition-id"}
+    assert set(metrics) == {
+        "num-examples",
+        "train_loss",
+        "partition-id",
+        "startup_seconds",
+        "setup_seconds",
+    }
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["num-examples"] == len(shard_texts)
 
@@ -147,6 +153,8 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
         "eval_loss",
         "eval_accuracy",
         "eval_macro_f1",
+        "startup_seconds",
+        "setup_seconds",
     }
     assert all(isinstance(v, (int, float)) for v in eval_metrics.values())
 
