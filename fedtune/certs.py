@@ -3,7 +3,8 @@
 A self-signed CA, the SuperLink's certificate (signed by the CA, with a SAN for every name
 or address that SuperNodes and `flwr` use to reach it) and one ECDSA P-384 key pair per
 SuperNode in OpenSSH format (what `flwr supernode register` and
-`flower-supernode --auth-supernode-private-key` read).
+`flower-supernode --auth-supernode-private-key` read), plus the shared secret that
+protects the Runtime APIs from foreign SuperExecs (`--superexec-auth-secret-file`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -88,7 +90,8 @@ def node_key_pair(path: Path) -> None:
 
 def make_certs(out: Path, nodes: int, names: tuple[str, ...] = ()) -> list[Path]:
     """Write into `out`: ca.crt/ca.key, server.pem/server.key (SANs: DEFAULT_NAMES plus
-    `names`), and node-<i>/node-<i>.pub for i in 1..nodes. Return the files written."""
+    `names`), superexec.secret, and node-<i>/node-<i>.pub for i in 0..nodes-1 (the
+    nodes' partition ids). Return the files written."""
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o755)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -101,8 +104,9 @@ def make_certs(out: Path, nodes: int, names: tuple[str, ...] = ()) -> list[Path]
     _write(out / "ca.key", _key_pem(ca_key), private=True)
     _write(out / "server.pem", server.public_bytes(pem))
     _write(out / "server.key", _key_pem(server_key), private=True)
-    for i in range(1, nodes + 1):
+    _write(out / "superexec.secret", secrets.token_hex(32).encode(), private=True)
+    for i in range(nodes):
         node_key_pair(out / f"node-{i}")
-    written = ["ca.crt", "ca.key", "server.pem", "server.key"]
-    written += [f"node-{i}{ext}" for i in range(1, nodes + 1) for ext in ("", ".pub")]
+    written = ["ca.crt", "ca.key", "server.pem", "server.key", "superexec.secret"]
+    written += [f"node-{i}{ext}" for i in range(nodes) for ext in ("", ".pub")]
     return [out / name for name in written]

@@ -257,7 +257,7 @@ class Launcher:
         )
 
 
-def _wait(what: str, ready: callable, procs: Processes, timeout: float) -> None:
+def wait_until(what: str, ready: callable, procs: Processes, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         procs.check()
@@ -320,7 +320,7 @@ def deploy(
     with sigterm_as_interrupt(), Processes(launcher.env) as procs:
         superlink_log = launcher.deploy_dir / "superlink" / "superlink.log"
         procs.start("SuperLink", launcher.superlink_cmd(), superlink_log, launcher.deploy_dir)
-        _wait(
+        wait_until(
             "the SuperLink",
             lambda: "Uvicorn running on" in superlink_log.read_text(errors="replace"),
             procs,
@@ -329,7 +329,7 @@ def deploy(
         for pid, data_path in enumerate(data_paths):
             key = None
             if not insecure:
-                key = launcher.certs / f"node-{pid + 1}"
+                key = launcher.certs / f"node-{pid}"
                 result = launcher.control(
                     "supernode", "register", f"{key}.pub", CONNECTION, "--name", f"node-{pid}"
                 )
@@ -339,7 +339,7 @@ def deploy(
             home = {"FLWR_HOME": str(node_dir / "flwr-home")}
             cmd = launcher.supernode_cmd(pid, data_path, key)
             procs.start(f"SuperNode {pid}", cmd, node_dir / "supernode.log", node_dir, home)
-        _wait(f"{n} SuperNodes online", lambda: online_nodes(launcher) >= n, procs, timeout)
+        wait_until(f"{n} SuperNodes online", lambda: online_nodes(launcher) >= n, procs, timeout)
         cmd = [*launcher.superlink.prefix, "flwr", "run", str(APP_DIR), CONNECTION]
         cmd += ["--run-config", str(launcher.deploy_dir / "run_config.toml"), "--stream"]
         run = subprocess.Popen(

@@ -95,17 +95,18 @@ def node_shard(
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
             train.save_to_disk(str(tmp / "train"))
-            val.save_to_disk(str(tmp / "val"))
+            if len(val):  # an empty dataset is not saved (nor loadable)
+                val.save_to_disk(str(tmp / "val"))
             tmp.rename(target)
         except OSError:
             if not target.is_dir():
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return tuple(  # type: ignore[return-value]
-        datasets.load_from_disk(str(target / part)).with_format("torch")
-        for part in ("train", "val")
-    )
+    train = datasets.load_from_disk(str(target / "train")).with_format("torch")
+    if not (target / "val").is_dir():
+        return train, train.select([])
+    return train, datasets.load_from_disk(str(target / "val")).with_format("torch")
 
 
 _first_message = True
