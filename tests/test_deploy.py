@@ -161,25 +161,29 @@ def tls_superlink(make_scenario, tmp_path: Path) -> Iterator[tuple[Launcher, Pro
         yield launcher, procs
 
 
-def _supernode(launcher: Launcher, *flags: str) -> subprocess.CompletedProcess:
+def _supernode(launcher: Launcher, name: str, *flags: str) -> tuple[int, str]:
+    """Start a SuperNode in its own process group (its SuperExec child too), wait for it to
+    exit, stop the group; return its exit code and log."""
     cmd = ["flower-supernode", "--superlink", launcher.address, "--max-retries", "1", *flags]
     cmd += ["--port", str(free_port())]
-    return subprocess.run(
-        cmd, env=launcher.env, capture_output=True, text=True, timeout=60, cwd=launcher.run_dir
-    )
+    log = launcher.run_dir / f"{name}.log"
+    with Processes(launcher.env) as procs:
+        proc = procs.start(name, cmd, log, launcher.run_dir)
+        code = proc.wait(timeout=60)
+    return code, log.read_text()
 
 
 def test_unregistered_node_and_plaintext_are_refused(tls_superlink) -> None:
     launcher, _ = tls_superlink
     ca, key = launcher.certs / "ca.crt", launcher.certs / "node-1"
-    unregistered = _supernode(
-        launcher, "--root-certificates", str(ca), "--auth-supernode-private-key", str(key)
+    code, log = _supernode(
+        launcher,
+        "unregistered",
+        *("--root-certificates", str(ca), "--auth-supernode-private-key", str(key)),
     )
-    assert unregistered.returncode != 0
-    assert "Failed to activate SuperNode" in unregistered.stderr + unregistered.stdout
-    plaintext = _supernode(launcher, "--insecure")
-    assert plaintext.returncode != 0
-    assert "Failed to initialize the connection" in plaintext.stderr + plaintext.stdout
+    assert code != 0 and "Failed to activate SuperNode" in log, log
+    code, log = _supernode(launcher, "plaintext", "--insecure")
+    assert code != 0 and "Failed to initialize the connection" in log, log
     # the flwr CLI over plaintext is refused too
     home = Path(launcher.env["FLWR_HOME"])
     (home / "config.toml").write_text(
