@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a host name or IP address SuperNodes use to reach the SuperLink (repeatable; "
         "localhost, 127.0.0.1, ::1 and superlink are always included)",
     )
+    shards = sub.add_parser(
+        "shards", help="write each client's shard of a scenario's data as DIR/node-<i>/data.jsonl"
+    )
+    shards.add_argument("scenario", help="scenario YAML file, or a shipped name")
+    shards.add_argument("out_dir")
+    shards.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     report = sub.add_parser("report", help="write report.md/report.html (and figures) for a run")
     report.add_argument("run_dir")
     comp = sub.add_parser("compare", help="overlay curves and tabulate several runs")
@@ -127,6 +133,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for path in make_certs(Path(args.out_dir), args.nodes, tuple(args.names)):
             print(path)
+        return 0
+    if args.command == "shards":
+        try:
+            overrides = dict(parse_override(item) for item in args.overrides)
+            scenario = load_scenario(args.scenario, overrides)
+            from fedtune.deploy import write_node_files
+
+            for path in write_node_files(scenario, Path(args.out_dir)):
+                print(path)
+        except (ScenarioError, DataError) as exc:
+            print(f"fedtune: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command in ("report", "compare"):
         from fedtune.report import RunDirError

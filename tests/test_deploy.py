@@ -273,6 +273,22 @@ def test_deploy_bad_input_exits_2(make_scenario, tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_shards_command(make_scenario, tmp_path: Path) -> None:
+    """`fedtune shards` writes each client's shard, as `fedtune deploy` gives its nodes."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(make_scenario().model_dump(mode="json")))
+    result = fedtune("shards", str(path), str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    rows = [
+        json.loads(line)
+        for pid in (0, 1)
+        for line in (tmp_path / "data" / f"node-{pid}" / "data.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 192  # 240 examples less the 20% test split
+    assert {r["sentiment"] for r in rows} == {"negative", "neutral", "positive"}
+    assert len({r["message"] for r in rows}) == len(rows), "shards are disjoint"
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_file_is_valid() -> None:
     result = subprocess.run(
