@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "simulate the federation (Flower Simulation Engine, one process per client)"),
         ("centralized", "train on the union of the clients' data (the baseline)"),
+        ("deploy", "run on a local deployment: a SuperLink and one SuperNode per client (TLS)"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument(
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--output", help="run directory (default runs/<name>-<timestamp>)")
         cmd.add_argument("--quiet", action="store_true", help="no progress output")
+        if name == "deploy":
+            cmd.add_argument(
+                "--insecure", action="store_true", help="no TLS and no SuperNode authentication"
+            )
         if name == "run":
             cmd.add_argument("--verbose", action="store_true", help="Flower and Ray logs too")
             cmd.add_argument(
@@ -46,6 +51,26 @@ def _parser() -> argparse.ArgumentParser:
                 help="continue an interrupted run from its last complete round "
                 "(its scenario.json; --set still applies)",
             )
+    certs = sub.add_parser(
+        "certs", help="create a CA, the SuperLink's TLS certificate and SuperNode key pairs"
+    )
+    certs.add_argument("out_dir", help="directory to write into")
+    certs.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs (default 2)")
+    certs.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host name or IP address SuperNodes use to reach the SuperLink (repeatable; "
+        "localhost, 127.0.0.1, ::1 and superlink are always included)",
+    )
+    shards = sub.add_parser(
+        "shards", help="write each client's shard of a scenario's data as DIR/node-<i>/data.jsonl"
+    )
+    shards.add_argument("scenario", help="scenario YAML file, or a shipped name")
+    shards.add_argument("out_dir")
+    shards.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     report = sub.add_parser("report", help="write report.md/report.html (and figures) for a run")
     report.add_argument("run_dir")
     comp = sub.add_parser("compare", help="overlay curves and tabulate several runs")
@@ -100,6 +125,27 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:
             print(f"fedtune: error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "certs":
+        from fedtune.certs import make_certs
+
+        if args.nodes < 0:
+            print("fedtune: error: --nodes must be >= 0", file=sys.stderr)
+            return 2
+        for path in make_certs(Path(args.out_dir), args.nodes, tuple(args.names)):
+            print(path)
+        return 0
+    if args.command == "shards":
+        try:
+            overrides = dict(parse_override(item) for item in args.overrides)
+            scenario = load_scenario(args.scenario, overrides)
+            from fedtune.deploy import write_node_files
+
+            for path in write_node_files(scenario, Path(args.out_dir)):
+                print(path)
+        except (ScenarioError, DataError) as exc:
+            print(f"fedtune: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command in ("report", "compare"):
         from fedtune.report import RunDirError
 
@@ -124,6 +170,19 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "run":
             summary = runtime.run_federated(scenario, args.quiet, args.verbose, bool(resume))
+        elif args.command == "deploy":
+            from fedtune import deploy
+
+            try:
+                summary = deploy.deploy(scenario, args.insecure, args.quiet)
+            except deploy.DeployError as exc:
+                print(f"fedtune: error: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print(
+                    "fedtune: interrupted; the processes it started were stopped", file=sys.stderr
+                )
+                return 130
         else:
             summary = runtime.run_centralized(scenario, args.quiet)
     except (ScenarioError, DataError, ModelError, CheckpointError) as exc:

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedtune.attacks import flip_labels, malicious_clients, poison
 from fedtune.codecs import encode_with_feedback
 from fedtune.config import CodecConfig, ModelConfig, Scenario, scenario_from_run_config
-from fedtune.data import client_splits, federated_data, make_loader, tokenize
+from fedtune.data import federated_data, make_loader
 from fedtune.model import (
     from_record,
     load_model,
@@ -39,6 +39,7 @@ from fedtune.model import (
     to_record,
     trainable_weights,
 )
+from fedtune.node_data import NodeConfig, node_shard, partition_id, startup_seconds
 from fedtune.train import evaluate, pick_device, train_steps
 
 
@@ -58,28 +59,31 @@ def _model_and_tokenizer(
     return load_model(model.name, label_names, seed, model.peft), load_tokenizer(model.name)
 
 
-def _local_data(scenario: Scenario, partition_id: int) -> LocalData:
-    """Tokenized once per shard and process, reused every round."""
+def _local_data(
+    scenario: Scenario, node_config: NodeConfig, pid: int, label_names: tuple[str, ...]
+) -> LocalData:
+    """Tokenized once per shard and process, reused every round (and kept on the node's
+    disk in deployment, where each message may run in a fresh process)."""
     key = scenario.model_dump_json(include={"seed", "model", "data", "partition"})
-    return _cached_local_data(key, partition_id)
+    return _cached_local_data(key, tuple(sorted(node_config.items())), pid, label_names)
 
 
 @lru_cache(maxsize=16)
-def _cached_local_data(scenario_key: str, partition_id: int) -> LocalData:
+def _cached_local_data(
+    scenario_key: str, node_items: tuple, pid: int, label_names: tuple[str, ...]
+) -> LocalData:
     scenario = Scenario.model_validate_json(scenario_key)
-    fed = federated_data(scenario)
-    train, val = client_splits(fed, partition_id, scenario.data.val_size, scenario.seed)
     tokenizer = load_tokenizer(scenario.model.name)
-    max_length = scenario.model.max_length
-    return LocalData(tokenize(train, tokenizer, max_length), tokenize(val, tokenizer, max_length))
+    return LocalData(*node_shard(scenario, dict(node_items), pid, label_names, tokenizer))
 
 
 class LocalNode:
     """What one node needs for a message: scenario, its shard, the model with global weights."""
 
     def __init__(self, scenario: Scenario, context: Context, msg: Message) -> None:
+        started, self.startup_seconds = time.perf_counter(), startup_seconds()
         self.scenario = scenario
-        self.partition_id = int(context.node_config["partition-id"])
+        self.partition_id = partition_id(context.node_config, context.node_id)
         nodes = int(context.node_config.get("num-partitions", scenario.partition.num_clients))
         if nodes != scenario.partition.num_clients:
             raise ValueError(
@@ -87,17 +91,25 @@ class LocalNode:
                 f"{scenario.partition.num_clients}; start it with num-supernodes="
                 f"{scenario.partition.num_clients}"
             )
-        self.server_round = int(msg.content["config"].get("server-round", 0))
-        label_names = federated_data(scenario).label_names
+        config = msg.content["config"]
+        self.server_round = int(config.get("server-round", 0))
+        # The federation's labels come with the message (a deployed node has only its file).
+        label_names = tuple(config.get("label-names", ())) or federated_data(scenario).label_names
         self.model, self.tokenizer = _model_and_tokenizer(
             scenario.model, label_names, scenario.seed
         )
-        self.data = _local_data(scenario, self.partition_id)
+        self.data = _local_data(scenario, context.node_config, self.partition_id, label_names)
         self.global_weights = from_record(msg.content["arrays"])
         load_weights(self.model, self.global_weights)
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(scenario.federation.client_resources.num_cpus)))
+        self.setup_seconds = time.perf_counter() - started
+
+    def setup_metrics(self) -> dict[str, float]:
+        """What this message cost before training: the process's start-up (a fresh process
+        per message in deployment) and the node's set-up (scenario, model, shard, weights)."""
+        return {"startup_seconds": self.startup_seconds, "setup_seconds": self.setup_seconds}
 
     @property
     def run_seed(self) -> int:
@@ -223,6 +235,7 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
             "train_loss": result.mean_loss,
             "partition-id": node.partition_id,
             "train_seconds": train_seconds,
+            **node.setup_metrics(),
         }
         if KEY_CLIPPING_NORM in config:  # client-side DP clipping (Flower's DP wrappers)
             norm_bit = adaptive_clip_inputs_inplace(
@@ -257,6 +270,7 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
             "num-examples": result["num_examples"],
             "partition-id": node.partition_id,
             "client_seconds": time.perf_counter() - started,
+            **node.setup_metrics(),
         }
         metrics.update({f"eval_{k}": result.get(k, 0.0) for k in ("loss", "accuracy", "macro_f1")})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

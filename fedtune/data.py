@@ -249,13 +249,31 @@ def client_splits(
     fed: FederatedData, partition_id: int, val_size: float, seed: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """A client's shard split into local train and validation sets."""
-    shard = fed.partition(partition_id)
+    return split_shard(fed.partition(partition_id), partition_id, val_size, seed)
+
+
+def split_shard(
+    shard: datasets.Dataset, partition_id: int, val_size: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Local train and validation sets of one client's shard (seeded by seed + client)."""
     if len(shard) == 0:
         raise DataError(f"client {partition_id}: empty shard (try fewer clients or more data)")
     if val_size == 0.0 or len(shard) < 2:
         return shard, shard.select([])
     splits = _split(shard, val_size, seed + partition_id)
     return splits["train"], splits["test"]
+
+
+def load_node_file(path: str, cfg: DataConfig, label_names: tuple[str, ...]) -> datasets.Dataset:
+    """A deployment node's own data file (`cfg`'s format and columns), its label strings
+    encoded with the federation's label names."""
+    ds = load_file(cfg.model_copy(update={"source": path}))
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({str(label) for label in ds[LABEL]} - set(index))
+    if unknown:
+        raise DataError(f"{path}: label(s) {unknown} not among the federation's labels")
+    ds = ds.map(lambda batch: {LABEL: [index[str(x)] for x in batch[LABEL]]}, batched=True)
+    return ds.cast_column(LABEL, datasets.ClassLabel(names=list(label_names)))
 
 
 def label_table(fed: FederatedData) -> dict:

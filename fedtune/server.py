@@ -256,10 +256,12 @@ def run_server(
             weights, first, strategy = start.weights, start.server_round + 1, start.strategy
             recorder.restore(start.recorder)
             start.restore_rng()
+        # Deployed nodes hold only their own file: they learn the federation's labels here.
+        labels = {"label-names": list(fed.label_names)}
         for server_round in range(first, fl.rounds + 1):
             arrays = to_record(weights)
             replies = observed.send_and_receive(
-                strategy.configure_train(server_round, arrays, ConfigRecord(), observed),
+                strategy.configure_train(server_round, arrays, ConfigRecord(labels), observed),
                 timeout=fl.round_timeout,
             )
             aggregated, _ = strategy.aggregate_train(server_round, replies)
@@ -272,7 +274,7 @@ def run_server(
             if aggregated is not None:
                 weights, arrays = from_record(aggregated), aggregated
             replies = observed.send_and_receive(
-                strategy.configure_evaluate(server_round, arrays, ConfigRecord(), observed),
+                strategy.configure_evaluate(server_round, arrays, ConfigRecord(labels), observed),
                 timeout=fl.round_timeout,
             )
             strategy.aggregate_evaluate(server_round, replies)

@@ -131,6 +131,8 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
         "partition-id",
         "train_seconds",
         "client_seconds",
+        "startup_seconds",
+        "setup_seconds",
     }
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["num-examples"] == len(shard_texts)
@@ -155,6 +157,8 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
         "eval_loss",
         "eval_accuracy",
         "eval_macro_f1",
+        "startup_seconds",
+        "setup_seconds",
     }
     assert all(isinstance(v, (int, float)) for v in eval_metrics.values())
 

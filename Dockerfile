@@ -1,0 +1,21 @@
+# The fedtune SuperExec image: Flower's official SuperExec plus fedtune and its dependencies.
+# The ServerApp and every ClientApp run in it (docker-compose.yml); runtime dependency
+# installation stays off, so nothing is fetched when a run starts.
+#   docker build -t fedtune-superexec:0.1.0 .
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 ...   # GPU
+FROM flwr/superexec:1.42.0
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY fedtune fedtune
+COPY scenarios scenarios
+# The image's flwr stays as it is (no Ray: the Simulation Engine is not used here).
+RUN sed -i 's/"flwr\[simulation\]/"flwr/' pyproject.toml \
+ && python -m pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
+ && python -m pip install --no-cache-dir .
+
+ENV HF_HUB_OFFLINE=1
+ENTRYPOINT ["flower-superexec"]

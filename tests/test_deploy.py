@@ -1,0 +1,300 @@
+"""Deployment: `fedtune deploy` (SuperLink + SuperNodes as separate processes, TLS and
+SuperNode authentication), parity with `fedtune run`, each node reading only its own file,
+refused connections, separate network namespaces, and the docker-compose file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from test_end_to_end import check_outputs, fedtune
+
+from fedtune.config import scenario_from_dict
+from fedtune.deploy import Host, Launcher, Processes, deploy, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+AUDIT = """
+import json, os, sys
+_dir = os.environ.get("FEDTUNE_AUDIT_DIR")
+if _dir:
+    _busy, _seen = [False], set()
+    def _hook(event, args):
+        if event != "open" or _busy[0] or not isinstance(args[0], (str, os.PathLike)):
+            return
+        path, mode, flags = os.path.abspath(os.fsdecode(args[0])), args[1], args[2]
+        reading = ("r" in mode and "+" not in mode) if mode else (flags & 3) == os.O_RDONLY
+        if reading and path.endswith((".csv", ".jsonl")) and path not in _seen:
+            _seen.add(path)
+            _busy[0] = True
+            try:
+                with open(os.path.join(_dir, f"{os.getpid()}.log"), "a") as out:
+                    out.write(json.dumps({"path": path, "home": os.environ.get("FLWR_HOME", ""),
+                                          "argv": sys.argv[:2]}) + "\\n")
+            finally:
+                _busy[0] = False
+    sys.addaudithook(_hook)
+"""
+"""A sitecustomize that logs every .csv/.jsonl file each Python process opens to read."""
+
+
+def tiny_raw(model_dir: Path, csv: Path, run_dir: Path, **training) -> dict:
+    return {
+        "name": "tiny",
+        "seed": 7,
+        "model": {"name": str(model_dir), "max_length": 32},
+        "data": {
+            "source": str(csv),
+            "text_column": "message",
+            "label_column": "sentiment",
+            "val_size": 0.0,  # no evaluate messages: keeps each round to one message per node
+        },
+        "partition": {"kind": "iid", "num_clients": 2},
+        "federation": {"rounds": 2, "min_available_nodes": 2},
+        "training": {"batch_size": 8, "lr": 5e-3, "local_epochs": 2, **training},
+        "output": {"dir": str(run_dir)},
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, toy_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same tiny scenario under `fedtune run` and `fedtune deploy` (TLS + node auth),
+    the deployment with every .csv/.jsonl opened by any of its processes logged."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    audit = tmp / "audit"
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(AUDIT)
+    out = {}
+    for mode in ("run", "deploy"):
+        path = tmp / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump(tiny_raw(tiny_model_dir, toy_csv, tmp / mode)))
+        env = None
+        if mode == "deploy":
+            env = {
+                **os.environ,
+                "FEDTUNE_AUDIT_DIR": str(audit),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(audit), os.environ.get("PYTHONPATH")) if p
+                ),
+            }
+        result = subprocess.run(
+            [sys.executable, "-m", "fedtune.cli", mode, str(path), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        out[mode] = tmp / mode
+    out["audit"] = audit
+    out["source"] = toy_csv.resolve()
+    return out
+
+
+def test_deploy_with_tls_and_node_auth(runs: dict) -> None:
+    run_dir = runs["deploy"]
+    out = check_outputs(run_dir, "federated", rounds=2, clients=2)
+    deploy_dir = run_dir / "deploy"
+    superlink_cmd = (deploy_dir / "superlink" / "superlink.log").read_text()
+    assert "Uvicorn running on https://127.0.0.1:" in superlink_cmd
+    for name in ("ca.crt", "server.pem", "node-0.pub", "node-1.pub"):
+        assert (deploy_dir / "certs" / name).is_file()
+    for line in out["lines"][1:]:
+        clients = sorted(line["clients"]["train"], key=lambda c: c["partition-id"])
+        assert [c["partition-id"] for c in clients] == [0, 1]
+        for client in clients:
+            assert client["setup_seconds"] >= 0 and client["startup_seconds"] > 0
+    # each node tokenized its shard once: round 2 loaded it from the node's disk cache
+    for pid in (0, 1):
+        assert len(list((run_dir / "nodes" / f"node-{pid}" / "cache" / "shards").iterdir())) == 1
+
+
+def test_parity_with_simulation(runs: dict) -> None:
+    """Same scenario and seed: the deployment ends with the simulation's metrics."""
+    sim = json.loads((runs["run"] / "summary.json").read_text())["history"]
+    dep = json.loads((runs["deploy"] / "summary.json").read_text())["history"]
+    print(f"\nsimulation {[(h['accuracy'], h['loss']) for h in sim]}")
+    print(f"deployment {[(h['accuracy'], h['loss']) for h in dep]}")
+    assert abs(sim[-1]["accuracy"] - dep[-1]["accuracy"]) <= 0.01
+    for s, d in zip(sim, dep, strict=True):
+        assert d["loss"] == pytest.approx(s["loss"], abs=1e-4)
+    assert dep[-1]["loss"] < dep[0]["loss"]
+
+
+def test_each_node_reads_only_its_own_file(runs: dict) -> None:
+    """Every .csv/.jsonl a process opened, by the FLWR_HOME it runs under: a node's
+    processes (SuperNode and its ClientApps) open only that node's data.jsonl."""
+    nodes = runs["deploy"] / "nodes"
+    opened: dict[str, set[str]] = {}
+    for log in runs["audit"].glob("*.log"):
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            opened.setdefault(entry["home"], set()).add(entry["path"])
+    for pid in (0, 1):
+        home = str(nodes / f"node-{pid}" / "flwr-home")
+        assert opened.get(home) == {str(nodes / f"node-{pid}" / "data.jsonl")}, opened
+    node_files = {str(nodes / f"node-{pid}" / "data.jsonl") for pid in (0, 1)}
+    server_side = set().union(*(v for k, v in opened.items() if "/nodes/" not in k))
+    assert str(runs["source"]) in server_side, "the server read the scenario's data"
+    assert not server_side & node_files, "the server side never reads a node's file"
+
+
+@pytest.fixture
+def tls_superlink(make_scenario, tmp_path: Path) -> Iterator[tuple[Launcher, Processes]]:
+    """A SuperLink with TLS and SuperNode authentication, no node registered."""
+    launcher = Launcher(make_scenario(), tmp_path / "run", False, Host(), [Host(), Host()])
+    launcher.prepare()
+    (launcher.deploy_dir / "superlink").mkdir()
+    log = launcher.deploy_dir / "superlink" / "superlink.log"
+    with Processes(launcher.env) as procs:
+        procs.start("SuperLink", launcher.superlink_cmd(), log, launcher.deploy_dir)
+        wait_until("the SuperLink", lambda: "Uvicorn running" in log.read_text(), procs, 60)
+        yield launcher, procs
+
+
+def _supernode(launcher: Launcher, name: str, *flags: str) -> tuple[int, str]:
+    """Start a SuperNode in its own process group (its SuperExec child too), wait for it to
+    exit, stop the group; return its exit code and log."""
+    cmd = ["flower-supernode", "--superlink", launcher.address, "--max-retries", "1", *flags]
+    cmd += ["--port", str(free_port())]
+    log = launcher.run_dir / f"{name}.log"
+    with Processes(launcher.env) as procs:
+        proc = procs.start(name, cmd, log, launcher.run_dir)
+        code = proc.wait(timeout=60)
+    return code, log.read_text()
+
+
+def test_unregistered_node_and_plaintext_are_refused(tls_superlink) -> None:
+    launcher, _ = tls_superlink
+    ca, key = launcher.certs / "ca.crt", launcher.certs / "node-1"
+    code, log = _supernode(
+        launcher,
+        "unregistered",
+        *("--root-certificates", str(ca), "--auth-supernode-private-key", str(key)),
+    )
+    assert code != 0 and "Failed to activate SuperNode" in log, log
+    code, log = _supernode(launcher, "plaintext", "--insecure")
+    assert code != 0 and "Failed to initialize the connection" in log, log
+    # the flwr CLI over plaintext is refused too
+    home = Path(launcher.env["FLWR_HOME"])
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "plain"\n[superlink.plain]\n'
+        f'address = "{launcher.address}"\ninsecure = true\n'
+    )
+    listing = launcher.control("supernode", "list", "plain")
+    assert listing.returncode != 0
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[list[tuple[str, str]]]:
+    """Three network namespaces on a bridge (itself in a fourth namespace), each a host
+    with its own 10.x address: (namespace, address) for the SuperLink and two nodes."""
+    tag = uuid.uuid4().hex[:6]
+    bridge = f"ftbr{tag}"
+    try:
+        _ip("netns", "add", bridge)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        pytest.skip(f"cannot create network namespaces here (`ip netns add`: {exc})")
+    made = [bridge]
+    hosts = []
+    try:
+        _ip("-n", bridge, "link", "add", "br0", "type", "bridge")
+        _ip("-n", bridge, "link", "set", "br0", "up")
+        for k in range(3):
+            ns, outer, inner = f"ft{k}{tag}", f"ftv{k}{tag}", f"ftp{k}{tag}"
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+            _ip("link", "set", outer, "netns", bridge)
+            _ip("link", "set", inner, "netns", ns)
+            _ip("-n", bridge, "link", "set", outer, "master", "br0")
+            _ip("-n", bridge, "link", "set", outer, "up")
+            address = f"10.213.{int(tag[:2], 16)}.{k + 1}"
+            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", inner)
+            _ip("-n", ns, "link", "set", inner, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            hosts.append((ns, address))
+        yield hosts
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_superlink_and_nodes_on_separate_hosts(
+    namespaces, tiny_model_dir: Path, toy_csv: Path, tmp_path: Path
+) -> None:
+    """SuperLink and each SuperNode in their own network namespace, reached by address."""
+    (superlink_ns, superlink_ip), *node_hosts = namespaces
+    raw = tiny_raw(tiny_model_dir, toy_csv, tmp_path / "run")
+    raw["federation"]["rounds"] = 1
+    summary = deploy(
+        scenario_from_dict(raw),
+        quiet=True,
+        superlink=Host(superlink_ip, ("ip", "netns", "exec", superlink_ns)),
+        nodes=[Host(ip, ("ip", "netns", "exec", ns)) for ns, ip in node_hosts],
+    )
+    assert summary["rounds_completed"] == 1
+    log = (tmp_path / "run" / "deploy" / "superlink" / "superlink.log").read_text()
+    assert f"Uvicorn running on https://{superlink_ip}:" in log
+    for _, ip in node_hosts:  # the nodes reached the SuperLink from their own addresses
+        assert f"{ip}:" in log
+
+
+def test_certs_command(tmp_path: Path) -> None:
+    result = fedtune("certs", str(tmp_path / "certs"), "--nodes", "1", "--name", "10.9.8.7")
+    assert result.returncode == 0, result.stderr
+    server = x509.load_pem_x509_certificate((tmp_path / "certs" / "server.pem").read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "10.9.8.7" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    assert {"localhost", "superlink"} <= set(sans.get_values_for_type(x509.DNSName))
+    assert (tmp_path / "certs" / "node-0.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert oct((tmp_path / "certs" / "node-0").stat().st_mode)[-3:] == "600"
+
+
+def test_deploy_bad_input_exits_2(make_scenario, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(make_scenario().model_dump(mode="json")))
+    result = fedtune("deploy", str(path), "--set", "data.label_column=stars")
+    assert result.returncode == 2
+    assert "data.label_column 'stars' not among the columns" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_shards_command(make_scenario, tmp_path: Path) -> None:
+    """`fedtune shards` writes each client's shard, as `fedtune deploy` gives its nodes."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(make_scenario().model_dump(mode="json")))
+    result = fedtune("shards", str(path), str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    rows = [
+        json.loads(line)
+        for pid in (0, 1)
+        for line in (tmp_path / "data" / f"node-{pid}" / "data.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 192  # 240 examples less the 20% test split
+    assert {r["sentiment"] for r in rows} == {"negative", "neutral", "positive"}
+    assert len({r["message"] for r in rows}) == len(rows), "shards are disjoint"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_file_is_valid() -> None:
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
