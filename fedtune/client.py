@@ -32,6 +32,7 @@ from fedtune.model import (
     to_record,
     trainable_weights,
 )
+from fedtune.secagg import refuse_unmasked, secure_mod
 from fedtune.train import evaluate, pick_device, train_steps
 
 
@@ -168,11 +169,12 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     def node_for(msg: Message, context: Context) -> LocalNode:
         return LocalNode(scenario or scenario_from_run_config(context.run_config), context, msg)
 
-    @app.train()
+    @app.train(mods=[secure_mod])
     @reported
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         node = node_for(msg, context)
+        refuse_unmasked(node.scenario, context)
         on_step = inject_faults(node)
         cfg = node.scenario.training
         torch.manual_seed(node.run_seed)
