@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import Key
@@ -247,3 +250,38 @@ def test_invalid_secagg_settings_are_one_line_errors(make_scenario, sections, me
         make_scenario(federation={"min_available_nodes": 1, **base.pop("federation", {})}, **base)
     text = str(err.value)
     assert message in text and "\n" not in text, text
+
+
+def test_secagg_run_through_the_command(make_scenario, tmp_path: Path) -> None:
+    """The real simulation (Ray, one process per client): two SecAgg+ rounds complete."""
+    scenario = make_scenario(
+        partition={"num_clients": 3},
+        federation={"min_available_nodes": 3},
+        privacy=SECAGG,
+        output={"save_model": False, "tensorboard": False},
+    )
+    path = tmp_path / "secagg.yaml"
+    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    result = subprocess.run(
+        [sys.executable, "-m", "fedtune.cli", "run", str(path), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(scenario.output.dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2
+    assert summary["privacy"] == {
+        "secagg": {
+            "num_shares": 3,
+            "reconstruction_threshold": 2,
+            "clipping_range": 0.5,
+            "quantization_range": 2**22,
+        }
+    }
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines()[1:]:
+        clients = json.loads(line)["clients"]
+        assert sorted(c["partition-id"] for c in clients["train"]) == [0, 1, 2]
+        assert all(c["secagg_clipped"] < 0.01 for c in clients["train"])
+        assert sorted(c["partition-id"] for c in clients["evaluate"]) == [0, 1, 2]
