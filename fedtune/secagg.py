@@ -191,6 +191,8 @@ class SecureAggregation:
         context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=fit)  # type: ignore[arg-type]
         context.state[MAIN_PARAMS_RECORD] = arrays
         context.state[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: server_round})
+        for node in grid.get_node_ids():  # only for the workflow's log line
+            context.client_manager.register(GridClientProxy(node, grid, 0))
         with one_exchange(grid):
             self.workflow(grid, context)
         needed = getattr(getattr(strategy, "inner", strategy), "min_train_nodes", 1)

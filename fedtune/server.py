@@ -150,8 +150,11 @@ class ObservedGrid(Grid):
 def _client_metrics(reply: Message, bytes_down: dict[int, int], bytes_up: dict[int, int]) -> dict:
     """One client's line in metrics.jsonl: its metrics (or error) and its bytes each way."""
     node_id = reply.metadata.src_node_id
-    node = {"node_id": node_id, "bytes_down": bytes_down.get(node_id, 0)}
-    node["bytes_up"] = bytes_up.get(node_id, 0)
+    node = {
+        "node_id": node_id,
+        "bytes_down": bytes_down.get(node_id, 0),
+        "bytes_up": bytes_up.get(node_id, 0),
+    }
     if reply.has_error():
         return {**node, "error": client_error(reply.error.reason)}
     return {**node, **dict(reply.content["metrics"])}
