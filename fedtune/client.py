@@ -40,6 +40,7 @@ from fedtune.model import (
     trainable_weights,
 )
 from fedtune.node_data import NodeConfig, node_shard, partition_id, startup_seconds
+from fedtune.secagg import refuse_unmasked, secure_mod
 from fedtune.train import evaluate, pick_device, train_steps
 
 
@@ -200,11 +201,12 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     def node_for(msg: Message, context: Context) -> LocalNode:
         return LocalNode(scenario or scenario_from_run_config(context.run_config), context, msg)
 
-    @app.train()
+    @app.train(mods=[secure_mod])
     @reported
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         node = node_for(msg, context)
+        refuse_unmasked(node.scenario, context)
         on_step = inject_faults(node)
         malicious = node.partition_id in malicious_clients(node.scenario)
         cfg, dp_sgd = node.scenario.training, node.scenario.privacy.dp_sgd

@@ -211,9 +211,78 @@ class DPSGDConfig(Section):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
 
 
+class SecAggConfig(Section):
+    """Secure aggregation with Flower's SecAgg+: each client quantizes its update and adds
+    pairwise and private masks; the server can unmask only the sum over the round's clients."""
+
+    enabled: bool = False
+    num_shares: int = Field(3, ge=3)
+    """Neighbours (the client itself included) that get a share of each client's mask keys;
+    odd, at most the clients sampled per round."""
+    reconstruction_threshold: int = Field(2, ge=2)
+    """Shares needed to remove a client's masks (< num_shares). A client's neighbourhood
+    tolerates num_shares - threshold dropouts; fewer than `threshold` colluding neighbours
+    learn nothing from its shares."""
+    clipping_range: float = Field(0.5, gt=0.0)
+    """Each entry of a client's update, weighted by its share of the largest client's
+    examples, is clipped to +-clipping_range before quantization; fine-tuning updates are
+    typically below 0.1, and the quantization step is 2 * clipping_range / quantization_range."""
+    quantization_range: int = Field(2**22, ge=2**8, lt=2**32)
+    """Integer levels of the quantized updates (the masks work modulo 2**32)."""
+    timeout: float | None = Field(None, gt=0.0)
+    """Seconds each of the four protocol stages waits for replies; default
+    federation.round_timeout."""
+
+    @model_validator(mode="after")
+    def _threshold_below_shares(self) -> SecAggConfig:
+        if self.reconstruction_threshold >= self.num_shares:
+            raise ValueError(
+                f"privacy.secagg.reconstruction_threshold={self.reconstruction_threshold} must "
+                f"be below privacy.secagg.num_shares={self.num_shares}"
+            )
+        return self
+
+    def check(self, scenario: Scenario) -> None:
+        """Raise ValueError unless SecAgg+ fits the scenario's federation."""
+        fed, n = scenario.federation, scenario.partition.num_clients
+        sampled = max(int(n * fed.fraction_train), fed.min_train_nodes)
+        if fed.strategy != "fedavg":
+            raise ValueError(
+                f"privacy.secagg needs federation.strategy fedavg (the server sees only the "
+                f"sum of the updates), not {fed.strategy!r}"
+            )
+        if scenario.codec.kind != "none":
+            raise ValueError("privacy.secagg needs codec.kind none (SecAgg+ quantizes updates)")
+        if self.num_shares > sampled:
+            raise ValueError(
+                f"privacy.secagg.num_shares={self.num_shares} exceeds the {sampled} clients "
+                "sampled per round"
+            )
+        if self.num_shares % 2 == 0 and self.num_shares != sampled:
+            raise ValueError(
+                f"privacy.secagg.num_shares={self.num_shares} must be odd, or all the {sampled} "
+                "clients sampled per round"
+            )
+        if sampled * self.quantization_range > 2**32:
+            raise ValueError(
+                f"privacy.secagg.quantization_range={self.quantization_range} times {sampled} "
+                "clients overflows the 2**32 masking modulus"
+            )
+
+
 class PrivacyConfig(Section):
     dp: DPConfig = DPConfig()
     dp_sgd: DPSGDConfig = DPSGDConfig()
+    secagg: SecAggConfig = SecAggConfig()
+
+    def summary(self) -> dict:
+        """summary.json's `privacy`: the mechanisms that are on, with their parameters."""
+        on = {name: getattr(self, name) for name in ("dp", "dp_sgd", "secagg")}
+        return {
+            name: section.model_dump(exclude={"enabled", "timeout"})
+            for name, section in on.items()
+            if section.enabled
+        }
 
 
 class OutputConfig(Section):
@@ -260,6 +329,13 @@ class Scenario(Section):
                 )
             if self.federation.strategy == "fedprox":
                 raise ValueError("privacy.dp_sgd does not combine with fedprox's proximal term")
+        if self.privacy.secagg.enabled:
+            if dp.enabled:
+                raise ValueError(
+                    "privacy.secagg does not combine with privacy.dp (the DP wrapper would "
+                    "never see the masked updates, so no noise would be added)"
+                )
+            self.privacy.secagg.check(self)
         return self
 
     @model_validator(mode="after")

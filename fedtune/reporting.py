@@ -286,7 +286,8 @@ class RunRecorder:
             "model_dir": str(model_dir) if model_dir.is_dir() else None,
             "wall_seconds": round(sum(h["seconds"] for h in self.history), 3),
             **self.totals,
-            **self.extra,
+            "fairness": self.extra.get("fairness", {}),
+            "privacy": {**self.scenario.privacy.summary(), **self.extra.get("privacy", {})},
             "run_dir": str(self.run_dir),
         }
         write_json(self.run_dir / "summary.json", summary)

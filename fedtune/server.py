@@ -6,7 +6,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,17 @@ from fedtune.model import (
     trainable_weights,
 )
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
+from fedtune.secagg import SecureAggregation, secagg_bytes
 from fedtune.strategies import aggregate_client_metrics, build_strategy, privacy_spent
 from fedtune.train import evaluate, pick_device
 
 
 def payload_bytes(message: Message) -> int:
-    """Bytes of the arrays a message carries (Flower's ArrayRecord.count_bytes)."""
-    return sum(record.count_bytes() for record in message.content.array_records.values())
+    """Bytes of the arrays a message carries (Flower's ArrayRecord.count_bytes), and of its
+    SecAgg+ record (keys, key shares, masked update) if any."""
+    content = message.content
+    arrays = sum(record.count_bytes() for record in content.array_records.values())
+    return arrays + secagg_bytes(content)
 
 
 @dataclass
@@ -47,10 +51,17 @@ class Exchange:
     replies: list[Message]
     bytes_down: dict[int, int]
     """Bytes sent to each node."""
+    bytes_from: dict[int, int] | None = field(default=None)
+    """Bytes received from each node; default: the payloads of `replies`."""
+
+    def received(self) -> dict[int, int]:
+        if self.bytes_from is not None:
+            return self.bytes_from
+        return {r.metadata.src_node_id: payload_bytes(r) for r in self.replies if r.has_content()}
 
     @property
     def bytes_up(self) -> int:
-        return sum(payload_bytes(r) for r in self.replies if r.has_content())
+        return sum(self.received().values())
 
     def failures(self) -> dict:
         """Sampled, answered, failed (error reply) and timed-out counts."""
@@ -117,7 +128,8 @@ class ObservedGrid(Grid):
         if not messages:
             return []
         kind = messages[0].metadata.message_type
-        server_round = int(messages[0].content["config"].get("server-round", 0))
+        config = messages[0].content.config_records.get("config", {})  # SecAgg+: group id
+        server_round = int(config.get("server-round", messages[0].metadata.group_id or 0))
         bytes_down = {m.metadata.dst_node_id: payload_bytes(m) for m in messages}
         pending = set(self.push_messages(messages))
         total, replies = len(pending), []
@@ -135,12 +147,17 @@ class ObservedGrid(Grid):
         return replies
 
 
-def _client_metrics(reply: Message, bytes_down: int) -> dict:
+def _client_metrics(reply: Message, bytes_down: dict[int, int], bytes_up: dict[int, int]) -> dict:
     """One client's line in metrics.jsonl: its metrics (or error) and its bytes each way."""
-    node = {"node_id": reply.metadata.src_node_id, "bytes_down": bytes_down}
+    node_id = reply.metadata.src_node_id
+    node = {
+        "node_id": node_id,
+        "bytes_down": bytes_down.get(node_id, 0),
+        "bytes_up": bytes_up.get(node_id, 0),
+    }
     if reply.has_error():
-        return {**node, "bytes_up": 0, "error": client_error(reply.error.reason)}
-    return {**node, "bytes_up": payload_bytes(reply), **dict(reply.content["metrics"])}
+        return {**node, "error": client_error(reply.error.reason)}
+    return {**node, **dict(reply.content["metrics"])}
 
 
 def client_error(reason: str) -> str:
@@ -204,6 +221,7 @@ def run_server(
     server = GlobalModel.load(scenario, fed)
     fl = scenario.federation
     strategy = build_strategy(scenario, evaluate=scenario.data.val_size > 0)
+    secure = SecureAggregation(scenario, fed) if scenario.privacy.secagg.enabled else None
     start = load_checkpoint(run_dir) if resume else None
     federated: dict[int, dict] = {}
     with (
@@ -212,10 +230,8 @@ def run_server(
     ):
 
         def on_exchange(exchange: Exchange) -> None:
-            clients = [
-                _client_metrics(r, exchange.bytes_down.get(r.metadata.src_node_id, 0))
-                for r in exchange.replies
-            ]
+            received = exchange.received()
+            clients = [_client_metrics(r, exchange.bytes_down, received) for r in exchange.replies]
             failures = exchange.failures()
             bytes_down = sum(exchange.bytes_down.values())
             recorder.exchange(exchange.kind, clients, bytes_down, exchange.bytes_up, failures)
@@ -260,17 +276,20 @@ def run_server(
         labels = {"label-names": list(fed.label_names)}
         for server_round in range(first, fl.rounds + 1):
             arrays = to_record(weights)
-            replies = observed.send_and_receive(
-                strategy.configure_train(server_round, arrays, ConfigRecord(labels), observed),
-                timeout=fl.round_timeout,
-            )
-            aggregated, _ = strategy.aggregate_train(server_round, replies)
-            recorder.reject(strategy.rejected)
-            for rejection in strategy.rejected:
-                progress.warn(
-                    f"client {rejection['client']}, round {server_round}: update rejected: "
-                    f"{rejection['reason']}"
+            if secure is not None:
+                aggregated = secure.train_round(server_round, arrays, strategy, observed)
+            else:
+                replies = observed.send_and_receive(
+                    strategy.configure_train(server_round, arrays, ConfigRecord(labels), observed),
+                    timeout=fl.round_timeout,
                 )
+                aggregated, _ = strategy.aggregate_train(server_round, replies)
+                recorder.reject(strategy.rejected)
+                for rejection in strategy.rejected:
+                    progress.warn(
+                        f"client {rejection['client']}, round {server_round}: update rejected: "
+                        f"{rejection['reason']}"
+                    )
             if aggregated is not None:
                 weights, arrays = from_record(aggregated), aggregated
             replies = observed.send_and_receive(
