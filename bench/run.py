@@ -303,7 +303,8 @@ def main() -> None:
         return gpu_worker()
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__}
-    results["quick"] = args.quick
+    results.pop("quick", None)
+    modes = results.setdefault("modes", {})  # which sections ran --quick, which in full
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         steps = (
@@ -323,6 +324,7 @@ def main() -> None:
             value = step()
             print(f"{name} ({time.perf_counter() - started:.0f}s): {json.dumps(value)}", flush=True)
             results[name] = value
+            modes[name] = "quick" if args.quick else "full"
             if isinstance(value, dict):  # the headline figures also at the top level
                 results.update({k: v for k, v in value.items() if k.startswith(f"{name}_")})
             args.out.write_text(json.dumps(results, indent=2) + "\n")
