@@ -3,16 +3,19 @@ labels are learnable from words, and Flower message helpers."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import random
 import string
-import uuid
+import subprocess
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
@@ -120,52 +123,68 @@ def task_identity() -> None:
 
 
 class LocalGrid(Grid):
-    """A Grid that runs the ClientApp in this process, node i + 1 holding partition i: the
-    real server loop (`run_server`) in seconds, without Ray (tests only)."""
+    """A Grid whose nodes are a ClientApp called in this process, node i + 1 holding
+    partition i: the real server loop (`run_server`) in seconds, without Ray (tests only).
+    Messages are copied each way (as a transport would) and every reply that reaches the
+    server is kept in `received`; `drop` nodes fail when asked for a SecAgg+ update."""
 
-    def __init__(self, app: ClientApp, num_nodes: int) -> None:
-        self.app = app
+    def __init__(self, scenario, drop: Iterable[int] = ()) -> None:
+        self.app = build_client_app(scenario)
+        n = scenario.partition.num_clients
         self.contexts = {
             pid + 1: Context(
                 run_id=1,
                 node_id=pid + 1,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config={"partition-id": pid, "num-partitions": n},
                 state=RecordDict(),
                 run_config={},
             )
-            for pid in range(num_nodes)
+            for pid in range(n)
         }
-        self.replies: dict[str, Message] = {}
+        self.drop = set(drop)
+        self.sent: list[Message] = []
+        self.received: list[Message] = []
+        self._replies: dict[str, Message] = {}
 
     def set_run(self, run_id: int) -> None:
         pass
 
     @property
-    def run(self) -> None:
-        return None
+    def run(self):  # noqa: ANN201
+        raise NotImplementedError
 
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:  # noqa: ANN001
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
+        raise NotImplementedError
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages) -> list[str]:  # noqa: ANN001
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as Flower's grids do
-            try:
-                reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
-            except Exception as exc:  # noqa: BLE001 - a failing client becomes an error reply
-                reply = Message(Error(code=0, reason=str(exc)), reply_to=msg)
-            self.replies[msg.metadata.message_id] = reply
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
+            self.sent.append(msg)
             ids.append(msg.metadata.message_id)
+            node = msg.metadata.dst_node_id
+            arrived = copy.deepcopy(msg)
+            if node in self.drop and "fitins.parameters" in arrived.content:
+                reply = Message(Error(code=0, reason="dropped out"), reply_to=arrived)
+            else:
+                try:
+                    reply = self.app(arrived, self.contexts[node])
+                except Exception as exc:  # noqa: BLE001 - the runtime turns it into an error reply
+                    reply = Message(Error(code=0, reason=str(exc)), reply_to=arrived)
+            self._replies[msg.metadata.message_id] = copy.deepcopy(reply)
         return ids
 
-    def pull_messages(self, message_ids) -> list[Message]:  # noqa: ANN001
-        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        replies = [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+        self.received.extend(copy.deepcopy(replies))  # as they arrived
+        return replies
 
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:  # noqa: ANN001
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         return self.pull_messages(self.push_messages(messages))
 
 
@@ -174,7 +193,22 @@ def run_local(task_identity, tmp_path: Path):
     """Run a scenario through `run_server` on a LocalGrid; returns summary.json's content."""
 
     def run(scenario, name: str = "run") -> dict:
-        grid = LocalGrid(build_client_app(scenario), scenario.partition.num_clients)
+        grid = LocalGrid(scenario)
         return run_server(grid, scenario, tmp_path / name, quiet=True)
 
     return run
+
+
+def write_scenario(scenario, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    return path
+
+
+def fedtune(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The `fedtune` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedtune.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

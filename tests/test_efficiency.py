@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import fedtune, write_scenario
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from transformers import AutoModelForSequenceClassification
 
@@ -202,14 +200,7 @@ def test_lora_int8_run_counts_bytes_per_client_and_saves_merged_model(
         codec={"kind": "int8"},
         data={"val_size": 0.0},
     )
-    path = tmp_path / "lora.yaml"
-    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
-    result = subprocess.run(
-        [sys.executable, "-m", "fedtune.cli", "run", str(path), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = fedtune("run", str(write_scenario(scenario, tmp_path / "lora.yaml")), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = Path(scenario.output.dir)
     fed = build_federated_data(scenario)

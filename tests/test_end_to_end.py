@@ -10,22 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import fedtune, write_scenario
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-
-def fedtune(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fedtune.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def write_scenario(scenario, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
-    return path
 
 
 def check_outputs(run_dir: Path, mode: str, rounds: int, clients: int) -> dict:

@@ -4,20 +4,15 @@ refuse to bypass it, and a run through the `fedtune` command records it."""
 
 from __future__ import annotations
 
-import copy
 import json
-import subprocess
-import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from conftest import LocalGrid, fedtune, write_scenario
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import Key
-from flwr.serverapp import Grid
 
 from fedtune.checkpoint import load_checkpoint
 from fedtune.client import ClientError, build_client_app
@@ -28,71 +23,6 @@ from fedtune.secagg import SECAGG_RECORD
 from fedtune.server import run_server
 
 SECAGG = {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}
-
-
-class LoopbackGrid(Grid):
-    """A Grid whose nodes are a ClientApp called in this process, one Context per node.
-    Messages are copied each way (as a transport would) and every reply that reaches the
-    server is kept in `received`; `drop` nodes fail when asked for their update."""
-
-    def __init__(self, scenario, drop: Iterable[int] = ()) -> None:
-        self.app = build_client_app(scenario)
-        n = scenario.partition.num_clients
-        self.contexts = {
-            pid + 1: Context(
-                run_id=1,
-                node_id=pid + 1,
-                node_config={"partition-id": pid, "num-partitions": n},
-                state=RecordDict(),
-                run_config={},
-            )
-            for pid in range(n)
-        }
-        self.drop = set(drop)
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
-        self._replies: dict[str, Message] = {}
-
-    def set_run(self, run_id: int) -> None:
-        pass
-
-    @property
-    def run(self):  # noqa: ANN201
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
-        raise NotImplementedError
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
-            self.sent.append(msg)
-            ids.append(msg.metadata.message_id)
-            node = msg.metadata.dst_node_id
-            arrived = copy.deepcopy(msg)
-            if node in self.drop and "fitins.parameters" in arrived.content:
-                reply = Message(Error(code=0, reason="dropped out"), reply_to=arrived)
-            else:
-                try:
-                    reply = self.app(arrived, self.contexts[node])
-                except Exception as exc:  # noqa: BLE001 - the runtime turns it into an error reply
-                    reply = Message(Error(code=0, reason=str(exc)), reply_to=arrived)
-            self._replies[msg.metadata.message_id] = copy.deepcopy(reply)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        replies = [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
-        self.received.extend(copy.deepcopy(replies))  # as they arrived
-        return replies
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
 
 
 def _scenario(make_scenario, tmp_path: Path, name: str, secagg: bool, rounds: int = 1):
@@ -112,7 +42,7 @@ def _scenario(make_scenario, tmp_path: Path, name: str, secagg: bool, rounds: in
 def _plain_round(make_scenario, tmp_path: Path) -> tuple[dict, dict[int, dict], dict[int, int]]:
     """The global weights and each node's update and example count, SecAgg+ off."""
     scenario = _scenario(make_scenario, tmp_path, "plain", secagg=False)
-    grid = LoopbackGrid(scenario)
+    grid = LocalGrid(scenario)
     run_server(grid, scenario, Path(scenario.output.dir), quiet=True)
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
     glob = from_record(train[0].content["arrays"])
@@ -163,7 +93,7 @@ def test_aggregate_equals_plain_mean_and_server_sees_only_masked_vectors(
     expected = _weighted_mean(updates, counts, sorted(updates))
 
     scenario = _scenario(make_scenario, tmp_path, "secure", secagg=True)
-    grid = LoopbackGrid(scenario)
+    grid = LocalGrid(scenario)
     run_server(grid, scenario, Path(scenario.output.dir), quiet=True)
     new = load_checkpoint(Path(scenario.output.dir)).weights
 
@@ -200,7 +130,7 @@ def test_one_dropout_is_tolerated(make_scenario, task_identity, tmp_path: Path) 
     shares and the aggregate is the weighted mean of the three others."""
     glob, updates, counts = _plain_round(make_scenario, tmp_path)
     scenario = _scenario(make_scenario, tmp_path, "dropout", secagg=True)
-    grid = LoopbackGrid(scenario, drop=[2])
+    grid = LocalGrid(scenario, drop=[2])
     run_server(grid, scenario, Path(scenario.output.dir), quiet=True)
     new = load_checkpoint(Path(scenario.output.dir)).weights
     expected = _weighted_mean(updates, counts, [1, 3, 4])
@@ -260,14 +190,7 @@ def test_secagg_run_through_the_command(make_scenario, tmp_path: Path) -> None:
         privacy=SECAGG,
         output={"save_model": False, "tensorboard": False},
     )
-    path = tmp_path / "secagg.yaml"
-    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
-    result = subprocess.run(
-        [sys.executable, "-m", "fedtune.cli", "run", str(path), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = fedtune("run", str(write_scenario(scenario, tmp_path / "secagg.yaml")), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = Path(scenario.output.dir)
     summary = json.loads((run_dir / "summary.json").read_text())
