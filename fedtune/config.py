@@ -66,6 +66,9 @@ class DataConfig(Section):
     """Share held out on the server for centralized evaluation."""
     val_size: float = Field(0.1, ge=0.0, lt=1.0)
     """Share of each client's shard kept for its local validation."""
+    eval_source: str | None = None
+    """The server's own labelled file (same columns as `source`) for centralized evaluation.
+    Set, the server evaluates on it and never reads `source`: a deployed server's case."""
 
 
 class PartitionConfig(Section):
@@ -330,6 +333,11 @@ class Scenario(Section):
             if self.federation.strategy == "fedprox":
                 raise ValueError("privacy.dp_sgd does not combine with fedprox's proximal term")
         if self.privacy.secagg.enabled:
+            if self.data.eval_source is not None:
+                raise ValueError(
+                    "privacy.secagg needs the clients' data sizes from data.source; it does "
+                    "not combine with data.eval_source"
+                )
             if dp.enabled:
                 raise ValueError(
                     "privacy.secagg does not combine with privacy.dp (the DP wrapper would "

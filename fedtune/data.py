@@ -245,6 +245,18 @@ def federated_data(scenario: Scenario) -> FederatedData:
     return _cached(key.model_dump_json())
 
 
+def server_eval_data(scenario: Scenario) -> tuple[datasets.Dataset, tuple[str, ...]]:
+    """The server's test set and the federation's label names: `data.eval_source` when set
+    (a deployed server holds only that), else the held-out split of `data.source`."""
+    cfg = scenario.data
+    if cfg.eval_source is None:
+        fed = federated_data(scenario)
+        return fed.test, fed.label_names
+    own = cfg.model_copy(update={"source": cfg.eval_source, "max_samples": None})
+    test = load_examples(own, scenario.seed)
+    return test, tuple(test.features[LABEL].names)
+
+
 def client_splits(
     fed: FederatedData, partition_id: int, val_size: float, seed: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:

@@ -109,7 +109,7 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     share = max(int(n * fl.fraction_train), fl.min_train_nodes) / n
     per_round = max(1, math.ceil(share * cfg.local_epochs * len(union)))
     budget = per_round * fl.rounds
-    server = GlobalModel.load(scenario, fed)
+    server = GlobalModel.load(scenario, fed.test, fed.label_names)
     train = tokenize(union, server.tokenizer, scenario.model.max_length)
     train_loader = make_loader(
         train, server.tokenizer, cfg.batch_size, scenario.seed, cfg.group_by_length

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -18,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedtune.checkpoint import load_checkpoint, save_checkpoint
 from fedtune.config import Scenario, scenario_from_run_config
-from fedtune.data import FederatedData, federated_data, label_table, make_loader, tokenize
+from fedtune.data import federated_data, label_table, make_loader, server_eval_data, tokenize
 from fedtune.model import (
     from_record,
     load_model,
@@ -184,12 +185,14 @@ class GlobalModel:
     device: torch.device
 
     @classmethod
-    def load(cls, scenario: Scenario, fed: FederatedData) -> GlobalModel:
+    def load(
+        cls, scenario: Scenario, test: datasets.Dataset, label_names: tuple[str, ...]
+    ) -> GlobalModel:
         tokenizer = load_tokenizer(scenario.model.name)
-        model = load_model(scenario.model.name, fed.label_names, scenario.seed, scenario.model.peft)
-        test = tokenize(fed.test, tokenizer, scenario.model.max_length)
-        loader = make_loader(test, tokenizer, scenario.training.eval_batch_size)
-        return cls(model, tokenizer, loader, fed.label_names, pick_device())
+        model = load_model(scenario.model.name, label_names, scenario.seed, scenario.model.peft)
+        tokens = tokenize(test, tokenizer, scenario.model.max_length)
+        loader = make_loader(tokens, tokenizer, scenario.training.eval_batch_size)
+        return cls(model, tokenizer, loader, label_names, pick_device())
 
     def evaluate(self) -> dict:
         """Metrics on the test split, with the seconds the evaluation took."""
@@ -217,11 +220,12 @@ def run_server(
     after every round."""
     seed_everything(scenario.seed)
     check_node_count(grid, scenario.partition.num_clients)
-    fed = federated_data(scenario)
-    server = GlobalModel.load(scenario, fed)
+    test, label_names = server_eval_data(scenario)
+    server = GlobalModel.load(scenario, test, label_names)
     fl = scenario.federation
     strategy = build_strategy(scenario, evaluate=scenario.data.val_size > 0)
-    secure = SecureAggregation(scenario, fed) if scenario.privacy.secagg.enabled else None
+    secagg = scenario.privacy.secagg.enabled
+    secure = SecureAggregation(scenario, federated_data(scenario)) if secagg else None
     start = load_checkpoint(run_dir) if resume else None
     federated: dict[int, dict] = {}
     with (
@@ -266,14 +270,15 @@ def run_server(
         observed.identify(fl.round_timeout)  # before any RNG state is saved or restored
         if start is None:
             weights, first = trainable_weights(server.model), 1
-            recorder.write_partition(label_table(fed))
+            if scenario.data.eval_source is None:  # else the clients' data is not here
+                recorder.write_partition(label_table(federated_data(scenario)))
             end_round(0, weights)
         else:
             weights, first, strategy = start.weights, start.server_round + 1, start.strategy
             recorder.restore(start.recorder)
             start.restore_rng()
         # Deployed nodes hold only their own file: they learn the federation's labels here.
-        labels = {"label-names": list(fed.label_names)}
+        labels = {"label-names": list(label_names)}
         for server_round in range(first, fl.rounds + 1):
             arrays = to_record(weights)
             if secure is not None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import fedtune, write_toy_corpus
 from cryptography import x509
-from test_end_to_end import check_outputs, fedtune
+from test_end_to_end import check_outputs
 
 from fedtune.config import scenario_from_dict
 from fedtune.deploy import Host, Launcher, Processes, deploy, free_port, wait_until
@@ -298,3 +299,23 @@ def test_docker_compose_file_is_valid() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_server_with_its_own_eval_file_never_reads_the_clients_data(
+    make_scenario, run_local, monkeypatch, tmp_path: Path
+) -> None:
+    """`data.eval_source`: the server evaluates on its own file; the clients' source is only
+    read by the clients (here in-process), never by server code."""
+    eval_file = write_toy_corpus(tmp_path / "server_eval.csv", 60, seed=5)
+    scenario = make_scenario(data={"eval_source": str(eval_file)})
+
+    def no_client_data(_scenario):
+        raise AssertionError("server code read the clients' data.source")
+
+    monkeypatch.setattr("fedtune.server.federated_data", no_client_data)
+    summary = run_local(scenario)
+    last = json.loads(Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()[-1])
+    per_class = last["central"]["per_class"]
+    assert sum(per_class[label]["support"] for label in ("negative", "neutral", "positive")) == 60
+    assert summary["rounds_completed"] == 2
+    assert not Path(summary["run_dir"], "partition.json").exists()
