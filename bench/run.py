@@ -28,8 +28,14 @@ from pathlib import Path
 import psutil
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+)
 
 from fedtune.client import build_client_app
 from fedtune.config import load_scenario
@@ -74,11 +80,11 @@ def fedtune_run(overrides: dict, out: Path, scenario: str = "quickstart") -> tup
 
 def p1_throughput(quick: bool) -> dict:
     """Samples/s of one local epoch through the ClientApp's train handler (message in,
-    update out) vs the plain loop: same model, shard, batch size and max length."""
-    scenario = load_scenario(
-        "quickstart",
-        {"data.max_samples": 700 if quick else 2500, "training.local_epochs": 1},
-    )
+    update out) vs the plain loop: same model, shard, batch size and max length; fedtune
+    with its default length-grouped batches and with random ones."""
+    overrides = {"data.max_samples": 700 if quick else 2500, "training.local_epochs": 1}
+    scenario = load_scenario("quickstart", overrides)
+    ungrouped = load_scenario("quickstart", {**overrides, "training.group_by_length": False})
     fed = federated_data(scenario)
     train, _ = client_splits(fed, 0, scenario.data.val_size, scenario.seed)
     tokenizer = load_tokenizer(scenario.model.name)
@@ -87,10 +93,10 @@ def p1_throughput(quick: bool) -> dict:
     torch.set_num_threads(int(scenario.federation.client_resources.num_cpus))
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    app = build_client_app(scenario)
+    apps = {"grouped": build_client_app(scenario), "ungrouped": build_client_app(ungrouped)}
     glob = trainable_weights(load_model(scenario.model.name, fed.label_names, scenario.seed))
 
-    def fedtune_epoch(server_round: int) -> float:
+    def fedtune_epoch(server_round: int, app: ClientApp) -> float:
         content = RecordDict(
             {"arrays": to_record(glob), "config": ConfigRecord({"server-round": server_round})}
         )
@@ -107,7 +113,7 @@ def p1_throughput(quick: bool) -> dict:
             batch_size=cfg.batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(seed),
-            collate_fn=_collator(tokenizer),
+            collate_fn=DataCollatorWithPadding(tokenizer),
         )
         start = time.perf_counter()
         for batch in loader:
@@ -116,23 +122,21 @@ def p1_throughput(quick: bool) -> dict:
             optimizer.zero_grad()
         return len(data) / (time.perf_counter() - start)
 
-    fedtune_epoch(1)  # the first message builds the worker's caches, as in round 1
-    ours, plain = [], []
-    for i in range(2 if quick else 3):  # interleaved, so drift hits both alike
-        ours.append(fedtune_epoch(i + 2))
-        plain.append(plain_epoch(i))
+    fedtune_epoch(1, apps["grouped"])  # the first message builds the worker's caches
+    speed: dict[str, list[float]] = {"grouped": [], "ungrouped": [], "plain": []}
+    for i in range(2 if quick else 3):  # interleaved, so drift hits all alike
+        for name, app in apps.items():
+            speed[name].append(fedtune_epoch(i + 2, app))
+        speed["plain"].append(plain_epoch(i))
+    best = {name: max(values) for name, values in speed.items()}
     return {
         "examples": len(data),
-        "fedtune_samples_per_s": max(ours),
-        "plain_samples_per_s": max(plain),
-        "p1_throughput_ratio": max(ours) / max(plain),
+        "fedtune_samples_per_s": best["grouped"],
+        "fedtune_ungrouped_samples_per_s": best["ungrouped"],
+        "plain_samples_per_s": best["plain"],
+        "p1_throughput_ratio": best["grouped"] / best["plain"],
+        "p1_throughput_ratio_ungrouped": best["ungrouped"] / best["plain"],
     }
-
-
-def _collator(tokenizer):  # noqa: ANN001, ANN202
-    from transformers import DataCollatorWithPadding
-
-    return DataCollatorWithPadding(tokenizer)
 
 
 def p2_overhead(quick: bool, work: Path) -> dict:
@@ -333,6 +337,9 @@ def print_table(results: dict) -> None:
         rows.append(
             ("P1 ClientApp / plain loop samples/s", f"{results['p1_throughput_ratio']:.3f}")
         )
+        if "p1_throughput_ratio_ungrouped" in results["p1"]:
+            ratio = results["p1"]["p1_throughput_ratio_ungrouped"]
+            rows.append(("P1 same, random batches (group_by_length off)", f"{ratio:.3f}"))
     if "p2_overhead_share" in results:
         rows.append(("P2 round overhead share", f"{results['p2_overhead_share']:.3%}"))
     for row in results.get("p4", []):
