@@ -56,13 +56,10 @@ class Exchange:
     """Bytes received from each node; default: the payloads of `replies`."""
 
     def received(self) -> dict[int, int]:
+        """Bytes received from each node."""
         if self.bytes_from is not None:
             return self.bytes_from
         return {r.metadata.src_node_id: payload_bytes(r) for r in self.replies if r.has_content()}
-
-    @property
-    def bytes_up(self) -> int:
-        return sum(self.received().values())
 
     def failures(self) -> dict:
         """Sampled, answered, failed (error reply) and timed-out counts."""
@@ -237,8 +234,8 @@ def run_server(
             received = exchange.received()
             clients = [_client_metrics(r, exchange.bytes_down, received) for r in exchange.replies]
             failures = exchange.failures()
-            bytes_down = sum(exchange.bytes_down.values())
-            recorder.exchange(exchange.kind, clients, bytes_down, exchange.bytes_up, failures)
+            bytes_down, bytes_up = sum(exchange.bytes_down.values()), sum(received.values())
+            recorder.exchange(exchange.kind, clients, bytes_down, bytes_up, failures)
             for client in clients:
                 if "error" in client:
                     progress.warn(client["error"])
