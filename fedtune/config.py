@@ -247,8 +247,7 @@ class SecAggConfig(Section):
 
     def check(self, scenario: Scenario) -> None:
         """Raise ValueError unless SecAgg+ fits the scenario's federation."""
-        fed, n = scenario.federation, scenario.partition.num_clients
-        sampled = max(int(n * fed.fraction_train), fed.min_train_nodes)
+        fed, sampled = scenario.federation, scenario.clients_per_round
         if fed.strategy != "fedavg":
             raise ValueError(
                 f"privacy.secagg needs federation.strategy fedavg (the server sees only the "
@@ -313,6 +312,13 @@ class Scenario(Section):
     validation: ValidationConfig = ValidationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     output: OutputConfig = OutputConfig()
+
+    @property
+    def clients_per_round(self) -> int:
+        """How many clients are sampled for training each round (as Flower's
+        `FedAvg.configure_train` computes it)."""
+        fed, n = self.federation, self.partition.num_clients
+        return max(int(n * fed.fraction_train), fed.min_train_nodes)
 
     @model_validator(mode="after")
     def _privacy_fits(self) -> Scenario:

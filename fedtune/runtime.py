@@ -105,8 +105,7 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     union = datasets.concatenate_datasets(
         [client_splits(fed, pid, scenario.data.val_size, scenario.seed)[0] for pid in range(n)]
     )
-    # Each round FedAvg trains max(int(n * fraction_train), min_train_nodes) of the n clients.
-    share = max(int(n * fl.fraction_train), fl.min_train_nodes) / n
+    share = scenario.clients_per_round / n  # of the clients train each round
     per_round = max(1, math.ceil(share * cfg.local_epochs * len(union)))
     budget = per_round * fl.rounds
     server = GlobalModel.load(scenario, fed.test, fed.label_names)

@@ -24,12 +24,6 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from fedtune.config import Scenario
 
 
-def sampled_per_round(scenario: Scenario) -> int:
-    """How many clients FedAvg samples each round (as `FedAvg.configure_train` computes it)."""
-    fed, n = scenario.federation, scenario.partition.num_clients
-    return max(int(n * fed.fraction_train), fed.min_train_nodes)
-
-
 class CheckpointedAccountant(RdpAccountant):
     """Flower's RDP accountant, picklable (checkpoints) through its own `state_dict`."""
 
@@ -64,7 +58,7 @@ class _AccountedAdaptive:
         self.accountant = accountant(scenario)
         self.event = GaussianPrivacyEvent(
             noise_multiplier=scenario.privacy.dp.noise_multiplier,
-            sample_size=sampled_per_round(scenario),
+            sample_size=scenario.clients_per_round,
             population_size=scenario.partition.num_clients,
         )
 
@@ -93,7 +87,7 @@ def with_privacy(strategy: Strategy, scenario: Scenario) -> Strategy:
     dp = scenario.privacy.dp
     if not dp.enabled:
         return strategy
-    sampled = sampled_per_round(scenario)
+    sampled = scenario.clients_per_round
     if dp.adaptive:
         cls = ServerSideAdaptiveClipping if dp.clipping == "server" else ClientSideAdaptiveClipping
         wrapped = cls(
