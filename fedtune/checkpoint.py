@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from flwr.serverapp.strategy import Strategy
 
-from fedtune.reporting import save_dir_atomic
+from fedtune.atomic import save_dir_atomic
+from fedtune.errors import FedtuneError
 
 CHECKPOINT_DIR = "checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FedtuneError, ValueError):
     """No usable checkpoint where one was expected."""
 
 

@@ -16,10 +16,12 @@ from pydantic import (
     model_validator,
 )
 
+from fedtune.errors import FedtuneError
+
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 
-class ScenarioError(ValueError):
+class ScenarioError(FedtuneError, ValueError):
     """A scenario file or override is invalid; the message is one line naming the key."""
 
 

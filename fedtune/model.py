@@ -17,6 +17,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedtune.config import PeftSettings
+from fedtune.errors import FedtuneError
 
 EMBEDDED = "embedded"
 
@@ -25,7 +26,7 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
 
-class ModelError(ValueError):
+class ModelError(FedtuneError, ValueError):
     """`model.name` does not name a loadable model."""
 
 

@@ -15,13 +15,15 @@ import yaml  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fedtune.reporting import CENTRAL_KEYS, write_atomic  # noqa: E402
+from fedtune.atomic import write_atomic  # noqa: E402
+from fedtune.errors import FedtuneError
+from fedtune.reporting import CENTRAL_KEYS  # noqa: E402
 
 FIGURE_SIZE = (7.0, 4.0)
 DPI = 100
 
 
-class RunDirError(ValueError):
+class RunDirError(FedtuneError, ValueError):
     """A directory is not a fedtune run."""
 
 

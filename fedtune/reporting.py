@@ -6,9 +6,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +14,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from fedtune.atomic import save_dir_atomic, write_atomic, write_json
 from fedtune.config import Scenario
 
 CENTRAL_KEYS = ("accuracy", "macro_f1", "loss")
@@ -32,44 +30,6 @@ def default_run_dir(scenario: Scenario, mode: str = "") -> Path:
         return Path(scenario.output.dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / "-".join(p for p in (scenario.name, mode, stamp) if p)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file through a temp file + rename, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def save_dir_atomic(path: Path, save: callable) -> None:
-    """`save(tmp_dir)` then swap it in for `path` (e.g. a `save_pretrained` model dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        tmp.chmod(0o755)
-        save(tmp)
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class Progress:

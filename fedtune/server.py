@@ -30,7 +30,8 @@ from fedtune.model import (
 )
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.secagg import SecureAggregation, secagg_bytes
-from fedtune.strategies import aggregate_client_metrics, build_strategy, privacy_spent
+from fedtune.strategies.factory import aggregate_client_metrics, build_strategy
+from fedtune.strategies.privacy import privacy_spent
 from fedtune.train import evaluate, pick_device
 
 

@@ -12,7 +12,7 @@ from fedtune.client import build_client_app
 from fedtune.config import TrainingConfig
 from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
 from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
-from fedtune.strategies import DeltaUpdates
+from fedtune.strategies.deltas import DeltaUpdates
 from fedtune.train import train_steps
 
 SHAPES = {"encoder.w": (4, 3), "encoder.b": (3,), "head": (2, 3)}

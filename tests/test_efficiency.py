@@ -24,7 +24,7 @@ from fedtune.model import (
     to_record,
     trainable_weights,
 )
-from fedtune.strategies import build_strategy
+from fedtune.strategies.factory import build_strategy
 
 RNG = np.random.default_rng(0)
 UPDATE = {

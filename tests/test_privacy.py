@@ -18,8 +18,9 @@ from fedtune.config import AttackConfig, ScenarioError, ValidationConfig
 from fedtune.data import build_federated_data
 from fedtune.model import from_record, load_model, to_record, trainable_weights
 from fedtune.reporting import fairness_metrics
-from fedtune.strategies import DeltaUpdates, build_strategy, privacy_spent
-from fedtune.strategies.deltas import update_norm
+from fedtune.strategies.deltas import DeltaUpdates, update_norm
+from fedtune.strategies.factory import build_strategy
+from fedtune.strategies.privacy import privacy_spent
 
 SHAPES = {"w": (20, 10), "b": (10,)}
 

@@ -16,7 +16,8 @@ from fedtune.client import build_client_app
 from fedtune.config import ScenarioError
 from fedtune.data import build_federated_data
 from fedtune.model import from_record, load_model, to_record, trainable_weights
-from fedtune.strategies import STRATEGIES, build_strategy
+from fedtune.strategies import STRATEGIES
+from fedtune.strategies.factory import build_strategy
 
 
 def _update(app, glob: dict, config: dict, scenario) -> dict[str, np.ndarray]:

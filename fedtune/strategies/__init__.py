@@ -1,8 +1,12 @@
-"""Server strategies: stock Flower strategies behind the update-to-weights layer."""
+"""Server strategies: the registry of Flower strategies by scenario name.
+
+`fedtune.strategies.factory.build_strategy` puts the chosen one behind the
+update-to-weights layer (`deltas`) and, with client-level DP, Flower's DP wrapper
+(`privacy`). This module imports nothing of fedtune's, so the config can read it.
+"""
 
 from __future__ import annotations
 
-from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
     Bulyan,
     FedAdagrad,
@@ -18,28 +22,6 @@ from flwr.serverapp.strategy import (
     QFedAvg,
     Strategy,
 )
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
-
-from fedtune.config import Scenario, ScenarioError
-from fedtune.strategies.deltas import UNIFORM_WEIGHT, DeltaUpdates
-from fedtune.strategies.privacy import privacy_spent, with_privacy
-
-__all__ = [
-    "STRATEGIES",
-    "DeltaUpdates",
-    "aggregate_client_metrics",
-    "build_strategy",
-    "privacy_spent",
-]
-
-
-def aggregate_client_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """Flower's mean of client metrics weighted by example count (whatever key the strategy
-    weights updates by), without the (meaningless) mean client id."""
-    aggregated = aggregate_metricrecords(records, "num-examples")
-    aggregated.pop("partition-id", None)
-    return aggregated
-
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -56,30 +38,3 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "qfedavg": QFedAvg,
 }
 """Scenario name -> Flower strategy class; registering a new strategy is one entry."""
-
-
-def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
-    """The scenario's Flower strategy with its parameters, behind Flower's DP wrapper when
-    `privacy.dp` is on, receiving weight updates packed with the scenario's codec."""
-    cfg = scenario.federation
-    params = dict(cfg.strategy_params)
-    if cfg.strategy == "qfedavg":  # q-FedAvg's Lipschitz estimate needs the client LR
-        params.setdefault("client_learning_rate", scenario.training.lr)
-    dp = scenario.privacy.dp.enabled
-    if dp:  # client-level DP counts every client equally
-        params["weighted_by_key"] = UNIFORM_WEIGHT
-    try:
-        inner = STRATEGIES[cfg.strategy](
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=cfg.fraction_evaluate if evaluate else 0.0,
-            min_train_nodes=cfg.min_train_nodes,
-            min_evaluate_nodes=cfg.min_evaluate_nodes,
-            min_available_nodes=cfg.min_available_nodes,
-            train_metrics_aggr_fn=aggregate_client_metrics,
-            evaluate_metrics_aggr_fn=aggregate_client_metrics,
-            **params,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ScenarioError(f"federation.strategy_params for {cfg.strategy}: {exc}") from None
-    inner = with_privacy(inner, scenario)
-    return DeltaUpdates(inner, scenario.codec, scenario.validation, uniform_weights=dp)
