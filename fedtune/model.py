@@ -16,6 +16,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from fedtune.adapters import ADAPTERS
 from fedtune.config import PeftSettings
 from fedtune.errors import FedtuneError
 
@@ -81,25 +82,13 @@ def load_model(
 
 
 def add_adapters(model: PreTrainedModel, settings: PeftSettings) -> PreTrainedModel:
-    """Wrap `model` with HF peft adapters; the backbone freezes, the adapters and the
-    classification head (peft's SEQ_CLS `modules_to_save`) stay trainable."""
+    """Wrap `model` with the HF peft adapters that `ADAPTERS[settings.method]` configures;
+    the backbone freezes, the adapters and the classification head (peft's SEQ_CLS
+    `modules_to_save`) stay trainable."""
     import peft
 
-    common = {"task_type": peft.TaskType.SEQ_CLS, "target_modules": settings.target_modules}
-    low_rank = {"r": settings.rank, "alpha": settings.alpha, "rank_dropout": settings.dropout}
-    config = {
-        "lora": lambda: peft.LoraConfig(
-            r=settings.rank,
-            lora_alpha=settings.alpha,
-            lora_dropout=settings.dropout,
-            **common,
-        ),
-        "loha": lambda: peft.LoHaConfig(**low_rank, **common),
-        "lokr": lambda: peft.LoKrConfig(**low_rank, **common),
-        "ia3": lambda: peft.IA3Config(**common),
-    }[settings.method]()
     try:
-        return peft.get_peft_model(model, config)
+        return peft.get_peft_model(model, ADAPTERS[settings.method](settings))
     except ValueError as exc:
         raise ModelError(f"model.peft ({settings.method}): {str(exc).splitlines()[0]}") from None
 

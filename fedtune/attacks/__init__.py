@@ -1,11 +1,34 @@
-"""Simulated Byzantine clients (`attack` section): who is malicious and what they send."""
+"""Simulated Byzantine clients (`attack` section): who is malicious and what they send.
+
+A new attack is one file holding an `Attack` subclass (overriding `poison_data`, to train on
+poisoned data, and/or `poison_update`, to send a poisoned update) plus its entry in
+`ATTACKS`; `attack.kind` accepts every registered name.
+"""
 
 from __future__ import annotations
 
-import datasets
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from fedtune.config import AttackConfig, Scenario
+from fedtune.attacks.base import Arrays, Attack
+from fedtune.attacks.gaussian_noise import GaussianNoise
+from fedtune.attacks.label_flip import LabelFlip, flip_labels
+from fedtune.attacks.scale import Scale
+
+if TYPE_CHECKING:
+    from fedtune.config import AttackConfig, Scenario
+
+__all__ = ["ATTACKS", "Attack", "flip_labels", "malicious_clients", "poison"]
+
+ATTACKS: dict[str, Attack] = {
+    "none": Attack(),
+    "label_flip": LabelFlip(),
+    "sign_flip": Scale(-1.0),
+    "scale": Scale(1.0),
+    "gaussian_noise": GaussianNoise(),
+}
+"""`attack.kind` -> attack (`none`: honest); registering a new attack is one entry."""
 
 
 def malicious_clients(scenario: Scenario) -> set[int]:
@@ -17,25 +40,6 @@ def malicious_clients(scenario: Scenario) -> set[int]:
     return {int(i) for i in np.random.default_rng(scenario.seed).permutation(n)[:count]}
 
 
-def flip_labels(train: datasets.Dataset, num_labels: int) -> datasets.Dataset:
-    """Every label shifted by one class (`label_flip`)."""
-    return train.map(
-        lambda batch: {"labels": [(int(y) + 1) % num_labels for y in batch["labels"]]},
-        batched=True,
-    )
-
-
-def poison(
-    update: dict[str, np.ndarray], attack: AttackConfig, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+def poison(update: Arrays, attack: AttackConfig, rng: np.random.Generator) -> Arrays:
     """What a malicious client sends instead of its honest update."""
-    if attack.kind == "sign_flip":
-        return {name: -attack.scale * u for name, u in update.items()}
-    if attack.kind == "scale":
-        return {name: attack.scale * u for name, u in update.items()}
-    if attack.kind == "gaussian_noise":
-        return {
-            name: rng.normal(0.0, attack.noise_std, u.shape).astype(np.float32)
-            for name, u in update.items()
-        }
-    return update  # label_flip poisons the data, not the update
+    return ATTACKS[attack.kind].poison_update(update, attack, rng)

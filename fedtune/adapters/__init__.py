@@ -1,0 +1,28 @@
+"""PEFT methods (`model.peft.method`): each builds the HF `peft` config of its adapters.
+
+A new method is one file holding a builder (`PeftSettings` -> `peft.PeftConfig`, importing
+`peft` inside, as it is slow to import) plus its entry in `ADAPTERS`; `model.peft.method`
+accepts every registered name, and `none` (no adapters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fedtune.adapters.ia3 import ia3
+from fedtune.adapters.lora import lora
+from fedtune.adapters.lycoris import loha, lokr
+
+if TYPE_CHECKING:
+    import peft
+
+    from fedtune.config import PeftSettings
+
+ADAPTERS: dict[str, Callable[[PeftSettings], peft.PeftConfig]] = {
+    "lora": lora,
+    "loha": loha,
+    "lokr": lokr,
+    "ia3": ia3,
+}
+"""`model.peft.method` -> builder of its peft config; registering a new method is one entry."""
