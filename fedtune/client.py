@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedtune.attacks import flip_labels, malicious_clients, poison
 from fedtune.codecs import encode_with_feedback
-from fedtune.config import CodecConfig, ModelConfig, Scenario, scenario_from_run_config
+from fedtune.config import ModelConfig, Scenario, scenario_from_run_config
 from fedtune.data import federated_data, make_loader
 from fedtune.model import (
     from_record,
@@ -39,9 +39,11 @@ from fedtune.model import (
     to_record,
     trainable_weights,
 )
-from fedtune.node_data import NodeConfig, node_shard, partition_id, startup_seconds
+from fedtune.node_data import NodeConfig, node_shard, partition_id, state_dir
+from fedtune.node_state import PREFIX, restore_state, save_state
+from fedtune.process import startup_seconds
 from fedtune.secagg import refuse_unmasked, secure_mod
-from fedtune.train import evaluate, pick_device, train_steps
+from fedtune.train import dp_sgd_steps, evaluate, pick_device, proximal_term, train_steps
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class LocalNode:
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(scenario.federation.client_resources.num_cpus)))
+        self.malicious = self.partition_id in malicious_clients(scenario)
+        self.state_dir = state_dir(scenario, context, self.partition_id)
         self.setup_seconds = time.perf_counter() - started
 
     def setup_metrics(self) -> dict[str, float]:
@@ -165,33 +169,93 @@ def inject_faults(node: LocalNode) -> Callable[[int], None] | None:
     return crash_halfway
 
 
-DP_SGD_HISTORY = "dp-sgd-history"
+DP_SGD_HISTORY = f"{PREFIX}dp-sgd-history"
 """The node-state record holding the node's opacus accountant history (DP-SGD)."""
-
-
-def _load_json(context: Context, key: str) -> list | None:
-    record = context.state.config_records.get(key)
-    return json.loads(str(record["json"])) if record else None
-
-
-def _save_json(context: Context, key: str, value: list) -> None:
-    context.state[key] = ConfigRecord({"json": json.dumps(value)})
-
-
-RESIDUAL = "codec-residual"
+RESIDUAL = f"{PREFIX}codec-residual"
 """The node-state record holding what the codec has not sent yet (error feedback)."""
 
+Arrays = dict[str, np.ndarray]
 
-def encode_update(codec: CodecConfig, update: dict[str, np.ndarray], context: Context) -> dict:
-    """Pack the update with the scenario's codec; the error-feedback residual stays in the
-    node's own state (`context.state`), never in the reply."""
-    previous = context.state.array_records.get(RESIDUAL)
+
+@dataclass
+class TrainStep:
+    """One train message on one node: what the local update and its transforms read
+    (node, the server's config, the node's own state) and the reply's metrics they add to."""
+
+    node: LocalNode
+    config: ConfigRecord
+    state: RecordDict
+    metrics: dict
+
+
+def local_update(step: TrainStep) -> Arrays:
+    """Fine-tune on the node's shard from the global weights; return `local - global`."""
+    node, cfg = step.node, step.node.scenario.training
+    torch.manual_seed(node.run_seed)
+    data = node.data.train
+    if node.malicious and node.scenario.attack.kind == "label_flip":
+        data = flip_labels(data, len(node.model.config.id2label))
+    loader = make_loader(data, node.tokenizer, cfg.batch_size, node.run_seed, cfg.group_by_length)
+    on_step = inject_faults(node)
+    training = time.perf_counter()
+    dp_sgd = node.scenario.privacy.dp_sgd
+    if dp_sgd.enabled:
+        history = step.state.config_records.get(DP_SGD_HISTORY)
+        history = json.loads(str(history["json"])) if history else None
+        result = dp_sgd_steps(node.model, loader, cfg, node.device, dp_sgd, history, on_step)
+        step.state[DP_SGD_HISTORY] = ConfigRecord({"json": json.dumps(result.privacy_history)})
+        step.metrics["dp_sgd_epsilon"] = result.epsilon
+    else:
+        mu = float(step.config.get("proximal-mu", 0.0))  # sent by FedProx
+        terms = [proximal_term(node.model, mu)] if mu > 0 else []
+        result = train_steps(
+            node.model, loader, cfg, node.device, on_step=on_step, loss_terms=terms
+        )
+    step.metrics.update(
+        {
+            "num-examples": len(node.data.train),
+            "train_loss": result.mean_loss,
+            "partition-id": node.partition_id,
+            "train_seconds": time.perf_counter() - training,
+            **node.setup_metrics(),
+        }
+    )
+    local = trainable_weights(node.model)
+    return {name: local[name] - weights for name, weights in node.global_weights.items()}
+
+
+def clip_for_dp(update: Arrays, step: TrainStep) -> Arrays:
+    """Client-side DP clipping, when the server's DP wrapper asks for it."""
+    if KEY_CLIPPING_NORM not in step.config:
+        return update
+    norm_bit = adaptive_clip_inputs_inplace(list(update.values()), step.config[KEY_CLIPPING_NORM])
+    step.metrics[KEY_NORM_BIT] = int(norm_bit)
+    return update
+
+
+def attack(update: Arrays, step: TrainStep) -> Arrays:
+    """What a simulated malicious client sends instead (`attack` section)."""
+    if not step.node.malicious:
+        return update
+    rng = np.random.default_rng(step.node.run_seed)
+    return poison(update, step.node.scenario.attack, rng)
+
+
+def pack(update: Arrays, step: TrainStep) -> Arrays:
+    """The scenario's codec; the error-feedback residual stays in the node's own state."""
+    previous = step.state.array_records.get(RESIDUAL)
+    codec = step.node.scenario.codec
     packed, residual = encode_with_feedback(
         codec, update, from_record(previous) if previous else None
     )
     if residual is not None:
-        context.state[RESIDUAL] = to_record(residual)
+        step.state[RESIDUAL] = to_record(residual)
     return packed
+
+
+UpdateTransform = Callable[[Arrays, TrainStep], Arrays]
+UPDATE_TRANSFORMS: tuple[UpdateTransform, ...] = (clip_for_dp, attack, pack)
+"""Applied in order to the local update before it is sent."""
 
 
 def build_client_app(scenario: Scenario | None = None) -> ClientApp:
@@ -207,51 +271,14 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         started = time.perf_counter()
         node = node_for(msg, context)
         refuse_unmasked(node.scenario, context)
-        on_step = inject_faults(node)
-        malicious = node.partition_id in malicious_clients(node.scenario)
-        cfg, dp_sgd = node.scenario.training, node.scenario.privacy.dp_sgd
-        torch.manual_seed(node.run_seed)
-        data = node.data.train
-        if malicious and node.scenario.attack.kind == "label_flip":
-            data = flip_labels(data, len(node.model.config.id2label))
-        loader = make_loader(
-            data, node.tokenizer, cfg.batch_size, node.run_seed, cfg.group_by_length
-        )
-        config = msg.content["config"]
-        training = time.perf_counter()
-        result = train_steps(
-            node.model,
-            loader,
-            cfg,
-            node.device,
-            on_step=on_step,
-            proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by FedProx
-            dp_sgd=dp_sgd if dp_sgd.enabled else None,
-            privacy_history=_load_json(context, DP_SGD_HISTORY),
-        )
-        train_seconds = time.perf_counter() - training
-        local = trainable_weights(node.model)
-        update = {name: local[name] - weights for name, weights in node.global_weights.items()}
-        metrics = {
-            "num-examples": len(node.data.train),
-            "train_loss": result.mean_loss,
-            "partition-id": node.partition_id,
-            "train_seconds": train_seconds,
-            **node.setup_metrics(),
-        }
-        if KEY_CLIPPING_NORM in config:  # client-side DP clipping (Flower's DP wrappers)
-            norm_bit = adaptive_clip_inputs_inplace(
-                list(update.values()), config[KEY_CLIPPING_NORM]
-            )
-            metrics[KEY_NORM_BIT] = int(norm_bit)
-        if result.epsilon is not None:
-            _save_json(context, DP_SGD_HISTORY, result.privacy_history)
-            metrics["dp_sgd_epsilon"] = result.epsilon
-        if malicious:
-            update = poison(update, node.scenario.attack, np.random.default_rng(node.run_seed))
-        packed = encode_update(node.scenario.codec, update, context)
-        metrics["client_seconds"] = time.perf_counter() - started
-        content = RecordDict({"arrays": to_record(packed), "metrics": MetricRecord(metrics)})
+        restore_state(context.state, node.state_dir, node.server_round)
+        step = TrainStep(node, msg.content["config"], context.state, {})
+        update = local_update(step)
+        for transform in UPDATE_TRANSFORMS:
+            update = transform(update, step)
+        save_state(context.state, node.state_dir, node.server_round)
+        step.metrics["client_seconds"] = time.perf_counter() - started
+        content = RecordDict({"arrays": to_record(update), "metrics": MetricRecord(step.metrics)})
         return Message(content, reply_to=msg)
 
     @app.query()

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import datasets
+from flwr.app import Context
 from transformers import PreTrainedTokenizerBase
 
 from fedtune.config import Scenario
@@ -32,6 +33,19 @@ NodeConfig = Mapping[str, bool | int | float | str]
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedtune"
+
+
+def state_dir(scenario: Scenario, context: Context, pid: int) -> Path | None:
+    """Where the node keeps its own state between messages (`fedtune.node_state`): in
+    deployment its cache directory, per run; in simulation the run directory's
+    `nodes/node-<i>/state` (None when the run directory is not known)."""
+    config = context.node_config
+    if "data-path" in config or "cache-dir" in config:
+        root = Path(str(config["cache-dir"])) if "cache-dir" in config else default_cache_dir()
+        return root / "state" / f"run-{context.run_id}"
+    if scenario.output.dir is None:
+        return None
+    return Path(scenario.output.dir) / "nodes" / f"node-{pid}" / "state"
 
 
 def partition_id(node_config: NodeConfig, node_id: int) -> int:
@@ -107,27 +121,3 @@ def node_shard(
     if not (target / "val").is_dir():
         return train, train.select([])
     return train, datasets.load_from_disk(str(target / "val")).with_format("torch")
-
-
-_first_message = True
-
-
-def startup_seconds() -> float:
-    """On the first message a process handles, the seconds since the process started
-    (interpreter, imports, connecting: in deployment each message gets a fresh process);
-    0.0 on later messages of a reused process (as in simulation)."""
-    global _first_message
-    if not _first_message:
-        return 0.0
-    _first_message = False
-    return process_age()
-
-
-def process_age() -> float:
-    """Seconds since this OS process started (Linux /proc; 0.0 where unavailable)."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedtune.atomic import write_atomic  # noqa: E402
 from fedtune.errors import FedtuneError
-from fedtune.reporting import CENTRAL_KEYS  # noqa: E402
+from fedtune.metrics import CENTRAL_KEYS  # noqa: E402
 
 FIGURE_SIZE = (7.0, 4.0)
 DPI = 100

@@ -5,19 +5,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from fedtune.atomic import save_dir_atomic, write_atomic, write_json
 from fedtune.config import Scenario
+from fedtune.metrics import CENTRAL_KEYS, fairness_metrics
 
-CENTRAL_KEYS = ("accuracy", "macro_f1", "loss")
 LOGGERS = ("flwr", "fedtune")
 log = logging.getLogger("fedtune")
 log.setLevel(logging.INFO)
@@ -118,6 +116,7 @@ class RunRecorder:
             "bytes_down_total": 0,
             "failed_replies_total": 0,
             "rejected_updates": 0,
+            **({"rounds_aggregated": 0} if mode == "federated" else {}),
         }
         self.extra: dict = {}
         """Latest `privacy` and `fairness` for summary.json."""
@@ -137,6 +136,7 @@ class RunRecorder:
         self.clients: dict[str, list[dict]] = {"train": [], "evaluate": []}
         self.failures: dict[str, dict] = {}
         self.rejected: list[dict] = []
+        self.federated: dict[str, dict] = {}
         self.bytes = {"bytes_down": 0, "bytes_up": 0}
 
     def write_partition(self, table: dict) -> None:
@@ -165,12 +165,18 @@ class RunRecorder:
         self.rejected.extend(rejected)
         self.totals["rejected_updates"] += len(rejected)
 
+    def aggregated(self, kind: str, metrics: dict | None, new_weights: bool = False) -> None:
+        """Record the strategy's aggregate of the clients' `kind` metrics; a train round
+        with `new_weights` counts in `rounds_aggregated`."""
+        self.federated[kind] = dict(metrics or {})
+        if new_weights:
+            self.totals["rounds_aggregated"] += 1
+
     def round_done(
         self,
         server_round: int,
         central: dict,
         seconds: float,
-        federated: dict | None = None,
         privacy: dict | None = None,
     ) -> None:
         """Close a round: append its line to metrics.jsonl and refresh summary.json."""
@@ -186,7 +192,8 @@ class RunRecorder:
             "failures": self.failures,
             "rejected": self.rejected,
             "central": central,
-            "federated_evaluate": federated or {},
+            "federated_train": self.federated.get("train", {}),
+            "federated_evaluate": self.federated.get("evaluate", {}),
             "fairness": fairness,
             "clients": self.clients,
         }
@@ -260,29 +267,6 @@ class RunRecorder:
         summary = self.write_summary()
         make_figures(self.run_dir)
         return summary
-
-
-def fairness_metrics(client_evals: list[dict], central: dict) -> dict:
-    """How evenly the model serves the clients (their local accuracy: min, max, std, mean
-    of the worst 10%) and the classes (per-class F1 on the centralized test split)."""
-    per_class = central.get("per_class", {})
-    fairness: dict = {
-        "per_class_f1": {
-            label: report["f1-score"]
-            for label, report in per_class.items()
-            if isinstance(report, dict) and label not in ("macro avg", "weighted avg")
-        }
-    }
-    accuracies = sorted(c["eval_accuracy"] for c in client_evals if "eval_accuracy" in c)
-    if accuracies:
-        worst = accuracies[: max(1, math.ceil(0.1 * len(accuracies)))]
-        fairness.update(
-            min_client_accuracy=accuracies[0],
-            max_client_accuracy=accuracies[-1],
-            std_client_accuracy=float(np.std(accuracies)),
-            worst10_client_accuracy=float(np.mean(worst)),
-        )
-    return fairness
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

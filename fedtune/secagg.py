@@ -15,10 +15,9 @@ to fedtune:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import json
+from collections.abc import Callable
 from logging import WARNING
 
 import numpy as np
@@ -36,7 +35,6 @@ from flwr.common import (
 )
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import (
-    RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
 )
 from flwr.compat.common import recorddict_compat as compat
@@ -49,27 +47,19 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtune.config import Scenario
 from fedtune.data import FederatedData, client_splits
+from fedtune.exchange import SECAGG_RECORD, Exchange, ObservedGrid, TrainOutcome
 from fedtune.model import from_record, to_record
+from fedtune.strategies.factory import aggregate_client_metrics
 
-SECAGG_RECORD = RECORD_KEY_CONFIGS
-"""The ConfigRecord of a message that carries SecAgg+ protocol data (keys, shares, masked
-vectors)."""
 NAMES_KEY = "param-names"
 """Legacy `Parameters` are a list: the train config names its arrays, newline-separated."""
+LISTS_KEY = "fedtune-lists"
+"""Legacy config values are scalars: list values (the label names) travel as JSON strings,
+and this entry names them."""
 MASKING = "secagg-masking"
 """Node-state record present while `secure_mod` runs the train handler."""
 
 Handler = Callable[[Message, Context], Message]
-
-
-def secagg_bytes(content: RecordDict) -> int:
-    """Bytes of the SecAgg+ record in a message's content (0 without one): bytes and
-    strings by length, numbers as 8 (`ConfigRecord.count_bytes` fails on empty lists)."""
-    record = content.config_records.get(SECAGG_RECORD, {})
-    values = [
-        v for value in record.values() for v in (value if isinstance(value, list) else [value])
-    ]
-    return sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in values)
 
 
 # ---------------------------------------------------------------- client side
@@ -89,6 +79,8 @@ def _train_for_masking(msg: Message, context: Context, handler: Handler) -> Mess
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = dict(fitins.config)
     names = str(config.pop(NAMES_KEY)).split("\n")
+    for key in json.loads(str(config.pop(LISTS_KEY, "[]"))):
+        config[key] = json.loads(str(config[key]))
     arrays = dict(zip(names, parameters_to_ndarrays(fitins.parameters), strict=True))
     msg.content = RecordDict({"arrays": to_record(arrays), "config": ConfigRecord(config)})
     context.state[MASKING] = ConfigRecord()
@@ -132,8 +124,10 @@ class _SampledFit:
     """The legacy strategy `SecAggPlusWorkflow` calls: clients are sampled by fedtune's
     strategy (same sampling as without SecAgg+); the unmasked aggregate is kept."""
 
-    def __init__(self, strategy: Strategy, arrays: ArrayRecord, grid: Grid) -> None:
-        self.strategy, self.arrays, self.grid = strategy, arrays, grid
+    def __init__(
+        self, strategy: Strategy, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> None:
+        self.strategy, self.arrays, self.config, self.grid = strategy, arrays, config, grid
         self.mean_update: list[np.ndarray] | None = None
         self.num_updates = 0
 
@@ -141,13 +135,11 @@ class _SampledFit:
         self, server_round: int, parameters: Parameters, client_manager: object
     ) -> list[tuple[GridClientProxy, FitIns]]:
         names = "\n".join(self.arrays.keys())
-        messages = self.strategy.configure_train(
-            server_round, self.arrays, ConfigRecord(), self.grid
-        )
+        messages = self.strategy.configure_train(server_round, self.arrays, self.config, self.grid)
         return [
             (
                 GridClientProxy(msg.metadata.dst_node_id, self.grid, msg.metadata.run_id),
-                FitIns(parameters, {**dict(msg.content["config"]), NAMES_KEY: names}),
+                FitIns(parameters, {**_scalars(msg.content["config"]), NAMES_KEY: names}),
             )
             for msg in messages
         ]
@@ -162,10 +154,19 @@ class _SampledFit:
         return None, {}
 
 
-class SecureAggregation:
-    """Train rounds through SecAgg+ for one run."""
+def _scalars(config: ConfigRecord) -> dict:
+    """A config as legacy scalars: lists as JSON strings, named under `LISTS_KEY`."""
+    lists = [key for key, value in config.items() if isinstance(value, list)]
+    plain = {key: json.dumps(value) if key in lists else value for key, value in config.items()}
+    return {**plain, LISTS_KEY: json.dumps(lists)}
 
-    def __init__(self, scenario: Scenario, fed: FederatedData) -> None:
+
+class SecureAggregation:
+    """A train round through SecAgg+ (another implementation of `server.PlainTrain`)."""
+
+    def __init__(
+        self, scenario: Scenario, fed: FederatedData, strategy: Strategy, config: ConfigRecord
+    ) -> None:
         cfg = scenario.privacy.secagg
         # Updates are weighted by num_examples / max_weight: the largest client gets 1.
         max_weight = max(
@@ -180,56 +181,46 @@ class SecureAggregation:
             quantization_range=cfg.quantization_range,
             timeout=cfg.timeout or scenario.federation.round_timeout,
         )
+        self.strategy, self.config = strategy, config
+        self.min_train_nodes = scenario.min_train_nodes
 
-    def train_round(
-        self, server_round: int, arrays: ArrayRecord, strategy: Strategy, grid: Grid
-    ) -> ArrayRecord | None:
+    def __call__(self, server_round: int, arrays: ArrayRecord, grid: ObservedGrid) -> TrainOutcome:
         """One SecAgg+ round: the global weights plus the weighted mean of the clients'
-        updates, or None (global model kept) when the protocol halted or fewer than the
-        strategy's `min_train_nodes` updates were aggregated."""
-        fit = _SampledFit(strategy, arrays, grid)
+        updates, or None (global model kept) when the protocol halted or fewer than
+        `min_train_nodes` updates were aggregated. The four protocol stages, which the grid
+        sees as four train exchanges, are reported as one."""
+        fit = _SampledFit(self.strategy, arrays, self.config, grid)
         context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=fit)  # type: ignore[arg-type]
         context.state[MAIN_PARAMS_RECORD] = arrays
         context.state[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: server_round})
         for node in grid.get_node_ids():  # only for the workflow's log line
             context.client_manager.register(GridClientProxy(node, grid, 0))
-        with one_exchange(grid):
-            self.workflow(grid, context)
-        needed = getattr(getattr(strategy, "inner", strategy), "min_train_nodes", 1)
-        if fit.mean_update is None or fit.num_updates < needed:
+        self.workflow(grid, context)
+        exchange = merge_stages(grid.take_exchanges(), server_round)
+        ok = [
+            RecordDict({"metrics": reply.content["metrics"]})
+            for reply in exchange.replies
+            if reply.has_content()
+        ]
+        metrics = dict(aggregate_client_metrics(ok, "num-examples")) if ok else {}
+        if fit.mean_update is None or fit.num_updates < self.min_train_nodes:
             log(
                 WARNING,
                 "round %s: secure aggregation gave no update; global model kept",
                 server_round,
             )
-            return None
+            return TrainOutcome(None, metrics, [], exchange)
         weights = from_record(arrays)
-        return to_record(
-            {
-                name: (glob + delta.reshape(glob.shape)).astype(glob.dtype)
-                for (name, glob), delta in zip(weights.items(), fit.mean_update, strict=True)
-            }
-        )
+        new = {
+            name: (glob + delta.reshape(glob.shape)).astype(glob.dtype)
+            for (name, glob), delta in zip(weights.items(), fit.mean_update, strict=True)
+        }
+        return TrainOutcome(to_record(new), metrics, [], exchange)
 
 
-@contextmanager
-def one_exchange(grid: Grid) -> Iterator[None]:
-    """Report the four SecAgg+ stages of a round, which an `ObservedGrid` sees as four train
-    exchanges, as one: per client its masked-update reply (or its error) with its training
-    metrics, and the bytes of all stages each way."""
-    report = grid.on_exchange
-    stages: list = []
-    grid.on_exchange = stages.append
-    try:
-        yield
-    finally:
-        grid.on_exchange = report
-    if stages:
-        report(merge_stages(stages))
-
-
-def merge_stages(stages: list) -> object:
-    """One `Exchange` for the stages of a SecAgg+ round."""
+def merge_stages(stages: list[Exchange], server_round: int) -> Exchange:
+    """One `Exchange` for the stages of a SecAgg+ round: per client its masked-update reply
+    (or its error) with its training metrics, and the bytes of all stages each way."""
     by_node: dict[int, Message] = {}
     bytes_down: dict[int, int] = {}
     bytes_up: dict[int, int] = {}
@@ -246,6 +237,7 @@ def merge_stages(stages: list) -> object:
                 reply.content["metrics"] = MetricRecord(dict(metrics))
             if legacy or (reply.has_error() and node not in by_node):
                 by_node[node] = reply
-    return dataclasses.replace(
-        stages[0], replies=list(by_node.values()), bytes_down=bytes_down, bytes_from=bytes_up
+    sent = stages[0].sent if stages else 0
+    return Exchange(
+        "train", server_round, sent, list(by_node.values()), bytes_down, bytes_from=bytes_up
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,32 +49,43 @@ class TrainResult:
     """DP-SGD: the ε spent by this client so far, at `dp_sgd.delta`."""
 
 
-def train_steps(
-    model: PreTrainedModel,
-    loader: DataLoader,
-    cfg: TrainingConfig,
-    device: torch.device,
-    max_examples: int | None = None,
-    on_step: Callable[[int], None] | None = None,
-    proximal_mu: float = 0.0,
-    dp_sgd: DPSGDConfig | None = None,
-    privacy_history: list | None = None,
-) -> TrainResult:
-    """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
-    for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
-    `on_step(examples_seen)` is called after each optimizer step. With `proximal_mu` > 0
-    the loss gets FedProx's `mu/2 * ||w - w_start||^2` (w_start: the weights on entry).
-    With `dp_sgd` it is opacus' DP-SGD instead (per-example clipping, Gaussian noise, Poisson
-    batches, fp32), accounted on top of `privacy_history` from earlier rounds."""
+LossTerm = Callable[[], torch.Tensor]
+"""An extra term added to each batch's loss (e.g. FedProx's proximal term)."""
+
+
+def proximal_term(model: PreTrainedModel, mu: float) -> LossTerm:
+    """FedProx's `mu/2 * ||w - w_start||^2` over the trainable weights (w_start: now)."""
+    params = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+    return lambda: mu / 2 * sum(((p - start) ** 2).sum() for p, start in params)
+
+
+@dataclass
+class _Steps:
+    """What the optimisation loop runs: the forward callable, its optimizer and batches."""
+
+    forward: Callable
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    batches: int
+    """Micro-batches to run (the budget, planned on the non-private loader)."""
+    clip: bool
+    """Clip the whole gradient's norm (DP-SGD clips each example's instead)."""
+    dtype: torch.dtype | None
+
+
+def _batches(loader: DataLoader, cfg: TrainingConfig, max_examples: int | None) -> int:
+    """Batches until the budget of examples: whole epochs (each ending in a partial batch)
+    plus the rest."""
     size = len(loader.dataset)
-    budget = max_examples or cfg.local_epochs * size
-    # Batches until `budget` examples: whole epochs (each ending in a partial batch) + the rest.
-    epochs, rest = divmod(budget, size)
-    batches = epochs * len(loader) + math.ceil(rest / loader.batch_size)
-    total_steps = max(1, math.ceil(batches / cfg.grad_accum_steps))
+    epochs, rest = divmod(max_examples or cfg.local_epochs * size, size)
+    return epochs * len(loader) + math.ceil(rest / loader.batch_size)
+
+
+def _optimizer(model: PreTrainedModel, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay except on biases and LayerNorm weights."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [
             {"params": [p for n, p in params if not n.endswith(no_decay)]},
             {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
@@ -82,35 +93,97 @@ def train_steps(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
     )
+
+
+def train_steps(
+    model: PreTrainedModel,
+    loader: DataLoader,
+    cfg: TrainingConfig,
+    device: torch.device,
+    max_examples: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+    loss_terms: Sequence[LossTerm] = (),
+) -> TrainResult:
+    """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
+    for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
+    `on_step(examples_seen)` is called after each optimizer step; `loss_terms` are added
+    to every batch's loss."""
+    model.to(device).train()
+    dtype = autocast_dtype(cfg.precision, device)
+    steps = _Steps(
+        model,
+        _optimizer(model, cfg),
+        loader,
+        _batches(loader, cfg, max_examples),
+        clip=True,
+        dtype=dtype,
+    )
+    return _run(model, steps, cfg, device, on_step, loss_terms)
+
+
+def dp_sgd_steps(
+    model: PreTrainedModel,
+    loader: DataLoader,
+    cfg: TrainingConfig,
+    device: torch.device,
+    dp_sgd: DPSGDConfig,
+    history: list | None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """`train_steps` as opacus' DP-SGD (per-example clipping, Gaussian noise, Poisson
+    batches, fp32), accounted on top of `history` from earlier rounds."""
+    from opacus import PrivacyEngine
+
+    model.to(device).train()
+    batches = _batches(loader, cfg, None)
+    engine = PrivacyEngine(accountant="rdp")
+    engine.accountant.history = [tuple(step) for step in history or []]
+    forward, optimizer, private_loader = engine.make_private(
+        module=model,
+        optimizer=_optimizer(model, cfg),
+        data_loader=loader,
+        noise_multiplier=dp_sgd.noise_multiplier,
+        max_grad_norm=dp_sgd.max_grad_norm,
+    )
+    try:
+        steps = _Steps(forward, optimizer, private_loader, batches, clip=False, dtype=None)
+        result = _run(model, steps, cfg, device, on_step, ())
+    finally:
+        forward._close()  # remove opacus' hooks: the model object is reused next round
+    result.privacy_history = [list(step) for step in engine.accountant.history]
+    result.epsilon = engine.get_epsilon(dp_sgd.delta)
+    return result
+
+
+def _run(
+    model: PreTrainedModel,
+    steps: _Steps,
+    cfg: TrainingConfig,
+    device: torch.device,
+    on_step: Callable[[int], None] | None,
+    loss_terms: Sequence[LossTerm],
+) -> TrainResult:
+    """The optimisation loop: accumulate, unscale, clip, step, schedule."""
+    optimizer = steps.optimizer
+    total_steps = max(1, math.ceil(steps.batches / cfg.grad_accum_steps))
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps
     )
-    model.to(device).train()
-    engine = forward = None
-    if dp_sgd is not None:
-        engine, forward, optimizer, loader = _make_private(
-            model, optimizer, loader, dp_sgd, privacy_history
-        )
-    dtype = None if engine else autocast_dtype(cfg.precision, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
-    anchor = {n: p.detach().clone() for n, p in params} if proximal_mu > 0 else {}
+    scaler = torch.amp.GradScaler(enabled=steps.dtype == torch.float16)
     seen, loss_sum, micro = 0, 0.0, 0
-    while micro < batches:
-        for batch in loader:
+    while micro < steps.batches:
+        for batch in steps.loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             n = len(batch["labels"])
-            with _autocast(dtype, device):
-                loss = (forward or model)(**batch).loss
-            objective = loss
-            if proximal_mu > 0:
-                drift = sum(((p - anchor[name]) ** 2).sum() for name, p in params)
-                objective = loss + proximal_mu / 2 * drift
+            with _autocast(steps.dtype, device):
+                loss = steps.forward(**batch).loss
+            objective = loss + sum(term() for term in loss_terms) if loss_terms else loss
             scaler.scale(objective / cfg.grad_accum_steps).backward()
             seen, loss_sum, micro = seen + n, loss_sum + loss.item() * n, micro + 1
-            last = micro == batches
+            last = micro == steps.batches
             if micro % cfg.grad_accum_steps == 0 or last:
                 scaler.unscale_(optimizer)
-                if engine is None:  # DP-SGD clips each example's gradient instead
+                if steps.clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
@@ -120,34 +193,7 @@ def train_steps(
                     on_step(seen)
             if last:
                 break
-    result = TrainResult(num_examples=seen, mean_loss=loss_sum / max(seen, 1))
-    if engine is not None:
-        forward._close()  # remove opacus' hooks: the model object is reused next round
-        result.privacy_history = [list(step) for step in engine.accountant.history]
-        result.epsilon = engine.get_epsilon(dp_sgd.delta)
-    return result
-
-
-def _make_private(
-    model: PreTrainedModel,
-    optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
-    dp_sgd: DPSGDConfig,
-    history: list | None,
-) -> tuple:
-    """Opacus' PrivacyEngine around the model, optimizer and loader (Poisson sampling)."""
-    from opacus import PrivacyEngine
-
-    engine = PrivacyEngine(accountant="rdp")
-    engine.accountant.history = [tuple(step) for step in history or []]
-    forward, optimizer, loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
-        noise_multiplier=dp_sgd.noise_multiplier,
-        max_grad_norm=dp_sgd.max_grad_norm,
-    )
-    return engine, forward, optimizer, loader
+    return TrainResult(num_examples=seen, mean_loss=loss_sum / max(seen, 1))
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ def test_fedavg_over_updates_equals_fedavg_over_weights(task_identity) -> None:
         1, [_reply(msg, w, n) for w, n in zip(locals_, counts, strict=True)]
     )
 
-    wrapped = DeltaUpdates(FedAvg())
+    wrapped = DeltaUpdates(FedAvg(), 1)
     wrapped._global = glob  # what configure_train records
     updates = [{k: w[k] - glob[k] for k in w} for w in locals_]
     via_updates, _ = wrapped.aggregate_train(
@@ -85,7 +85,7 @@ def test_one_client_full_participation_equals_local_training(make_scenario, task
     app = build_client_app(scenario)
     msg = _train_message(glob, server_round=1)
     reply = app(msg, _context(scenario))
-    strategy = DeltaUpdates(FedAvg(min_train_nodes=1, min_available_nodes=1))
+    strategy = DeltaUpdates(FedAvg(min_train_nodes=1, min_available_nodes=1), 1)
     strategy._global = glob
     federated, _ = strategy.aggregate_train(1, [reply])
 

@@ -16,8 +16,8 @@ from fedtune.attacks import malicious_clients, poison
 from fedtune.client import build_client_app
 from fedtune.config import AttackConfig, ScenarioError, ValidationConfig
 from fedtune.data import build_federated_data
+from fedtune.metrics import fairness_metrics
 from fedtune.model import from_record, load_model, to_record, trainable_weights
-from fedtune.reporting import fairness_metrics
 from fedtune.strategies.deltas import DeltaUpdates, update_norm
 from fedtune.strategies.factory import build_strategy
 from fedtune.strategies.privacy import privacy_spent
@@ -173,7 +173,7 @@ def test_bad_updates_are_rejected_and_the_rest_aggregated(task_identity) -> None
     wrong_shape = {"w": np.zeros((10, 20), np.float32), "b": np.zeros(10, np.float32)}
     wrong_dtype = {k: v.astype(np.float64) for k, v in _weights(rng, 0.1).items()}
     huge = {k: 100 * v for k, v in good[0].items()}
-    strategy = DeltaUpdates(FedAvg(min_train_nodes=2, min_available_nodes=2))
+    strategy = DeltaUpdates(FedAvg(min_train_nodes=2, min_available_nodes=2), min_train_nodes=2)
     strategy._global = glob
     updates = [*good, nan, wrong_shape, wrong_dtype, huge]
     aggregated, _ = strategy.aggregate_train(1, [_reply(u, i) for i, u in enumerate(updates)])
@@ -194,7 +194,7 @@ def test_validation_off_lets_outliers_through_but_not_misfits(task_identity) -> 
     updates = [_weights(rng, 0.1) for _ in range(3)]
     updates.append({k: 100 * v for k, v in updates[0].items()})
     updates.append({"w": np.zeros((1,), np.float32)})
-    strategy = DeltaUpdates(FedAvg(), validation=ValidationConfig(enabled=False))
+    strategy = DeltaUpdates(FedAvg(), 1, validation=ValidationConfig(enabled=False))
     strategy._global = glob
     aggregated, _ = strategy.aggregate_train(1, [_reply(u, i) for i, u in enumerate(updates)])
     assert [r["client"] for r in strategy.rejected] == [4]
@@ -205,7 +205,7 @@ def test_too_few_accepted_updates_keep_the_global_model(task_identity) -> None:
     rng = np.random.default_rng(5)
     glob = _weights(rng)
     bad = {k: np.full(s, np.inf, np.float32) for k, s in SHAPES.items()}
-    strategy = DeltaUpdates(FedAvg(min_train_nodes=2, min_available_nodes=2))
+    strategy = DeltaUpdates(FedAvg(min_train_nodes=2, min_available_nodes=2), min_train_nodes=2)
     strategy._global = glob
     aggregated, _ = strategy.aggregate_train(1, [_reply(_weights(rng), 0), _reply(bad, 1)])
     assert aggregated is None and len(strategy.rejected) == 1

@@ -50,11 +50,13 @@ class DeltaUpdates(Strategy):
     def __init__(
         self,
         inner: Strategy,
+        min_train_nodes: int,
         codec: CodecConfig | None = None,
         validation: ValidationConfig | None = None,
         uniform_weights: bool = False,
     ) -> None:
         self.inner = inner
+        self.min_train_nodes = min_train_nodes
         self.uniform_weights = uniform_weights
         self.codec = codec or CodecConfig()
         self.validation = validation or ValidationConfig()
@@ -75,11 +77,11 @@ class DeltaUpdates(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the accepted updates, rebuilt as weights, in a fixed client order
         (floating-point sums then do not depend on arrival order); keep the global model
-        when fewer than the inner strategy's `min_train_nodes` updates are accepted."""
+        when fewer than `min_train_nodes` updates are accepted."""
         replies = sorted(replies, key=_client_order)
         errors = [reply for reply in replies if not reply.has_content()]
         accepted = self._accept([reply for reply in replies if reply.has_content()])
-        needed = getattr(self.inner, "min_train_nodes", 1)
+        needed = self.min_train_nodes
         if len(accepted) < needed:
             log(
                 WARNING,
@@ -129,10 +131,6 @@ class DeltaUpdates(Strategy):
         client = _client_id(reply)
         log(WARNING, "client %s: update rejected: %s", client, reason)
         self.rejected.append({"client": client, "reason": reason})
-
-    def __getstate__(self) -> dict:
-        """Checkpoints keep the strategy's own state, not the round's global weights."""
-        return {**self.__dict__, "_global": None}
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -13,9 +13,10 @@ from fedtune.strategies.privacy import with_privacy
 
 
 def aggregate_client_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """Flower's mean of client metrics weighted by example count (whatever key the strategy
-    weights updates by), without the (meaningless) mean client id."""
-    aggregated = aggregate_metricrecords(records, "num-examples")
+    """Flower's mean of the clients' metrics weighted by `weighting_key` (the key the
+    strategy weights updates by: example counts, or 1 each under client-level DP), without
+    the (meaningless) mean client id."""
+    aggregated = aggregate_metricrecords(records, weighting_key)
     aggregated.pop("partition-id", None)
     return aggregated
 
@@ -34,9 +35,9 @@ def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
         inner = STRATEGIES[cfg.strategy](
             fraction_train=cfg.fraction_train,
             fraction_evaluate=cfg.fraction_evaluate if evaluate else 0.0,
-            min_train_nodes=cfg.min_train_nodes,
-            min_evaluate_nodes=cfg.min_evaluate_nodes,
-            min_available_nodes=cfg.min_available_nodes,
+            min_train_nodes=scenario.min_train_nodes,
+            min_evaluate_nodes=scenario.min_evaluate_nodes,
+            min_available_nodes=scenario.min_available_nodes,
             train_metrics_aggr_fn=aggregate_client_metrics,
             evaluate_metrics_aggr_fn=aggregate_client_metrics,
             **params,
@@ -44,4 +45,6 @@ def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"federation.strategy_params for {cfg.strategy}: {exc}") from None
     inner = with_privacy(inner, scenario)
-    return DeltaUpdates(inner, scenario.codec, scenario.validation, uniform_weights=dp)
+    return DeltaUpdates(
+        inner, scenario.min_train_nodes, scenario.codec, scenario.validation, uniform_weights=dp
+    )

@@ -24,21 +24,10 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from fedtune.config import Scenario
 
 
-class CheckpointedAccountant(RdpAccountant):
-    """Flower's RDP accountant, picklable (checkpoints) through its own `state_dict`."""
-
-    def __getstate__(self) -> dict:
-        return {"config": self.config, "state": self.state_dict()}
-
-    def __setstate__(self, saved: dict) -> None:
-        self.__init__(saved["config"])
-        self.load_state_dict(saved["state"])
-
-
 def accountant(scenario: Scenario) -> RdpAccountant:
     """Flower's RDP accountant for client-level DP: add/remove one client, no credit taken
     for client sampling (the noise is calibrated to the sampled clients alone)."""
-    return CheckpointedAccountant(
+    return RdpAccountant(
         PrivacyConfig(
             target_delta=scenario.privacy.dp.delta,
             population_size=scenario.partition.num_clients,
