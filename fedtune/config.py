@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -15,6 +17,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from fedtune.errors import FedtuneError
 
@@ -31,14 +34,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
 
-PEFT_METHODS = ("none", "lora", "loha", "lokr", "ia3")
+def registered(module: str, registry: str, *extra: str) -> AfterValidator:
+    """A `str` field's check that it names an entry of `module.registry` (or is one of
+    `extra`), read when validating: registries import heavy packages, and entries added later
+    count. The error reads as a Literal's."""
+
+    def check(name: str) -> str:
+        names = [*extra, *getattr(importlib.import_module(module), registry)]
+        if name not in names:
+            quoted = [repr(n) for n in names]
+            expected = " or ".join(filter(None, [", ".join(quoted[:-1]), quoted[-1]]))
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
+        return name
+
+    return AfterValidator(check)
 
 
 class PeftSettings(Section):
     """Parameter-efficient fine-tuning with HF `peft`: only the adapters and the
     classification head train and travel; the frozen backbone never leaves a node."""
 
-    method: Literal[PEFT_METHODS] = "none"
+    method: Annotated[str, registered("fedtune.adapters", "ADAPTERS", "none")] = "none"
+    """A method registered in `fedtune.adapters.ADAPTERS` (lora, loha, lokr, ia3), or `none`."""
     rank: int = Field(8, ge=1)
     """Adapter rank (`lora`, `loha`, `lokr`)."""
     alpha: float = Field(16.0, gt=0.0)
@@ -74,7 +93,9 @@ class DataConfig(Section):
 
 
 class PartitionConfig(Section):
-    kind: Literal["iid", "dirichlet", "shard", "pathological", "natural"] = "iid"
+    kind: Annotated[str, registered("fedtune.partitioners", "PARTITIONERS")] = "iid"
+    """A kind registered in `fedtune.partitioners.PARTITIONERS`: iid, dirichlet, shard,
+    pathological, natural."""
     num_clients: int = Field(4, ge=1)
     alpha: float = Field(0.5, gt=0.0)
     """Dirichlet concentration: smaller means more label skew."""
@@ -138,9 +159,10 @@ class TrainingConfig(Section):
 class CodecConfig(Section):
     """How a client's update travels to the server (the global model goes down as float32)."""
 
-    kind: Literal["none", "fp16", "bf16", "int8", "topk"] = "none"
-    """`none`: float32; `fp16`/`bf16`: half precision; `int8`: 8-bit with a float32 scale
-    per block; `topk`: only the largest-magnitude entries of each tensor, with their indices."""
+    kind: Annotated[str, registered("fedtune.codecs", "CODECS")] = "none"
+    """A codec registered in `fedtune.codecs.CODECS`. `none`: float32; `fp16`/`bf16`: half
+    precision; `int8`: 8-bit with a float32 scale per block; `topk`: only the
+    largest-magnitude entries of each tensor, with their indices."""
     block_size: int = Field(0, ge=0)
     """`int8`: entries per scale; 0 means one scale per tensor."""
     topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
@@ -173,9 +195,10 @@ class FaultsConfig(Section):
 class AttackConfig(Section):
     """Simulated Byzantine clients: a seeded `fraction` of the clients is malicious."""
 
-    kind: Literal["none", "label_flip", "sign_flip", "gaussian_noise", "scale"] = "none"
-    """`label_flip`: train on labels shifted by one class; `sign_flip`: send `-scale` times
-    the honest update; `scale`: send `scale` times it; `gaussian_noise`: send N(0, noise_std)."""
+    kind: Annotated[str, registered("fedtune.attacks", "ATTACKS")] = "none"
+    """An attack registered in `fedtune.attacks.ATTACKS`. `label_flip`: train on labels
+    shifted by one class; `sign_flip`: send `-scale` times the honest update; `scale`: send
+    `scale` times it; `gaussian_noise`: send N(0, noise_std)."""
     fraction: float = Field(0.2, ge=0.0, le=1.0)
     scale: float = Field(4.0, gt=0.0)
     noise_std: float = Field(0.01, gt=0.0)

@@ -25,8 +25,8 @@ ATTACKS: dict[str, Attack] = {
     "none": Attack(),
     "label_flip": LabelFlip(),
     "sign_flip": Scale(-1.0),
-    "scale": Scale(1.0),
     "gaussian_noise": GaussianNoise(),
+    "scale": Scale(1.0),
 }
 """`attack.kind` -> attack (`none`: honest); registering a new attack is one entry."""
 
