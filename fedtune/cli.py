@@ -1,20 +1,91 @@
-"""The `fedtune` command line."""
+"""The `fedtune` command line.
+
+Every command is a handler in `COMMANDS`. A problem the user can fix is a `FedtuneError`:
+`main` prints it as one line, `fedtune: error: ...`, and exits with its `exit_code`
+(2, or 1 for a deployment that failed); bad command-line syntax is one too. Ctrl-C (SIGINT)
+and SIGTERM end a command with one line and exit 130 / 143.
+"""
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
-from fedtune.checkpoint import CheckpointError
-from fedtune.config import ScenarioError, load_scenario, parse_override
-from fedtune.data import DataError
-from fedtune.model import ModelError
+from fedtune.config import (
+    Scenario,
+    ScenarioError,
+    check_output_dir,
+    holds_run,
+    load_scenario,
+    parse_override,
+)
+from fedtune.errors import FedtuneError
+
+MAX_CERT_NODES = 10_000
+MAX_TEXT_CHARS = 100_000
+"""`predict --file`: a longer line is cut to this many characters (the model reads only its
+first `max_length` tokens anyway)."""
+PREDICT_BATCH = 32
+
+
+class UsageError(FedtuneError):
+    """Bad command-line arguments."""
+
+
+class RunDirArgError(FedtuneError):
+    """`report`/`compare` of something that is not a readable fedtune run."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt of the main thread (exit 143)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors raised as UsageError: one line instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("fedtune").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} -h)")
+
+
+def _count(text: str) -> int:
+    """`--nodes`: an integer from 0 to MAX_CERT_NODES."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_CERT_NODES:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CERT_NODES}, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """`--port`: a TCP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedtune", description="Federated fine-tuning of BERT-family text classifiers."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +108,10 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a scenario key, e.g. --set federation.rounds=5 (repeatable)",
         )
-        cmd.add_argument("--output", help="run directory (default runs/<name>-<timestamp>)")
+        cmd.add_argument(
+            "--output",
+            help="run directory (default runs/<name>-<timestamp>): new, or empty",
+        )
         cmd.add_argument("--quiet", action="store_true", help="no progress output")
         if name == "deploy":
             cmd.add_argument(
@@ -54,8 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     certs = sub.add_parser(
         "certs", help="create a CA, the SuperLink's TLS certificate and SuperNode key pairs"
     )
-    certs.add_argument("out_dir", help="directory to write into")
-    certs.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs (default 2)")
+    certs.add_argument("out_dir", help="directory to write into (new, or without these files)")
+    certs.add_argument(
+        "--nodes", type=_count, default=2, help="SuperNode key pairs (default 2, at most 10000)"
+    )
     certs.add_argument(
         "--name",
         dest="names",
@@ -81,113 +157,134 @@ def _parser() -> argparse.ArgumentParser:
     pred = sub.add_parser("predict", help="label texts with a saved model (label, probability)")
     pred.add_argument("model_dir")
     pred.add_argument("texts", nargs="*")
-    pred.add_argument("--file", help="a file of texts, one per line")
+    pred.add_argument("--file", help="a UTF-8 file of texts, one per line (empty lines skipped)")
     serve = sub.add_parser("serve", help="serve a saved model over HTTP (POST /predict)")
     serve.add_argument("model_dir")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     return parser
 
 
-def _use_model(args: argparse.Namespace) -> int:
+# ------------------------------------------------------------------ using a model
+
+
+def _check_text_file(name: str) -> Path:
+    """`--file`: an existing, readable, UTF-8 regular file (checked in one bounded pass, so
+    that a bad byte near the end stops the command before any output)."""
+    path = Path(name)
+    if not path.exists():
+        raise UsageError(f"--file {name!r}: no such file")
+    if path.is_dir():
+        raise UsageError(f"--file {name!r}: a directory, not a file of texts")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    raise UsageError(
+                        f"--file {name!r}: not UTF-8 text (byte {offset + exc.start}); "
+                        "save it as UTF-8"
+                    ) from None
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise UsageError(f"--file {name!r}: not UTF-8 text (it ends mid-character)") from None
+    except OSError as exc:
+        raise UsageError(f"--file {name!r}: cannot read: {exc.strerror or exc}") from None
+    return path
+
+
+def _file_texts(path: Path) -> Iterator[str]:
+    """The non-empty lines of a UTF-8 file, one at a time, each at most MAX_TEXT_CHARS."""
+    with path.open(encoding="utf-8", newline=None) as handle:
+        while line := handle.readline(MAX_TEXT_CHARS):
+            if not line.endswith("\n"):  # cut: skip the rest of this line
+                rest = line
+                while rest and not rest.endswith("\n"):
+                    rest = handle.readline(MAX_TEXT_CHARS)
+            text = line.rstrip("\r\n")
+            if text:
+                yield text
+
+
+def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Label the argument texts, then the file's lines, printing each batch as it is done."""
+    path = _check_text_file(args.file) if args.file else None
+    if not args.texts and path is None:
+        raise UsageError("give texts as arguments or --file FILE")
     from fedtune import serving
 
-    if args.command == "serve":
-        serving.serve(args.model_dir, args.host, args.port)
-        return 0
-    texts = list(args.texts)
-    if args.file:
-        texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line]
-    if not texts:
-        raise ValueError("give texts as arguments or --file FILE")
-    for text, pred in zip(texts, serving.Predictor(args.model_dir).predict(texts), strict=True):
-        print(f"{pred['label']}\t{pred['score']:.4f}\t{text}")
+    predictor = serving.Predictor(args.model_dir)
+
+    def texts() -> Iterator[str]:
+        yield from args.texts
+        if path is not None:
+            yield from _file_texts(path)
+
+    printed = 0
+    for batch in _batches(texts(), PREDICT_BATCH):
+        for text, pred in zip(batch, predictor.predict(batch), strict=True):
+            print(f"{pred['label']}\t{pred['score']:.4f}\t{text}")
+        sys.stdout.flush()
+        printed += len(batch)
+    if not printed:
+        raise UsageError(f"--file {args.file!r}: no texts (every line is empty)")
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from fedtune import report
+def _serve(args: argparse.Namespace) -> int:
+    from fedtune import serving
 
-    if args.command == "report":
-        print(report.write_report(Path(args.run_dir)))
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(args.output or f"runs/compare-{stamp}")
-        print(report.compare([Path(d) for d in args.run_dirs], out))
+    serving.serve(args.model_dir, args.host, args.port)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command in ("predict", "serve"):
-        try:
-            return _use_model(args)
-        except (ValueError, OSError) as exc:
-            print(f"fedtune: error: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "certs":
-        from fedtune.certs import make_certs
+# ------------------------------------------------------------------ runs
 
-        if args.nodes < 0:
-            print("fedtune: error: --nodes must be >= 0", file=sys.stderr)
-            return 2
-        for path in make_certs(Path(args.out_dir), args.nodes, tuple(args.names)):
-            print(path)
-        return 0
-    if args.command == "shards":
-        try:
-            overrides = dict(parse_override(item) for item in args.overrides)
-            scenario = load_scenario(args.scenario, overrides)
-            from fedtune.deploy import write_node_files
 
-            for path in write_node_files(scenario, Path(args.out_dir)):
-                print(path)
-        except (ScenarioError, DataError) as exc:
-            print(f"fedtune: error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command in ("report", "compare"):
-        from fedtune.report import RunDirError
+def _scenario(args: argparse.Namespace, resume: str | None = None) -> Scenario:
+    """The validated scenario of run/centralized/deploy, its output directory checked."""
+    overrides = dict(parse_override(item) for item in args.overrides)
+    if resume:
+        source = Path(resume) / "scenario.json"
+        if not source.is_file():
+            raise UsageError(f"{resume}: not a fedtune run (no scenario.json)")
+        overrides["output.dir"] = resume
+        return load_scenario(source, overrides)
+    if args.scenario is None:
+        raise ScenarioError("give a SCENARIO (or --resume RUN_DIR)")
+    if args.output:
+        overrides["output.dir"] = args.output
+    scenario = load_scenario(args.scenario, overrides)
+    if scenario.output.dir:
+        key = "--output" if args.output else "output.dir"
+        check_output_dir(scenario.output.dir, key=key)
+    return scenario
 
-        try:
-            return _report(args)
-        except RunDirError as exc:
-            print(f"fedtune: error: {exc}", file=sys.stderr)
-            return 2
-    resume = getattr(args, "resume", None)
-    try:
-        overrides = dict(parse_override(item) for item in args.overrides)
-        if args.output or resume:
-            overrides["output.dir"] = resume or args.output
-        if resume:
-            source = Path(resume) / "scenario.json"
-            if not source.is_file():
-                raise CheckpointError(f"{resume}: not a fedtune run (no scenario.json)")
-        elif args.scenario is None:
-            raise ScenarioError("give a SCENARIO (or --resume RUN_DIR)")
-        scenario = load_scenario(source if resume else args.scenario, overrides)
-        from fedtune import runtime  # heavy imports only once the input is valid
 
-        if args.command == "run":
-            summary = runtime.run_federated(scenario, args.quiet, args.verbose, bool(resume))
-        elif args.command == "deploy":
-            from fedtune import deploy
-
-            try:
-                summary = deploy.deploy(scenario, args.insecure, args.quiet)
-            except deploy.DeployError as exc:
-                print(f"fedtune: error: {exc}", file=sys.stderr)
-                return 1
-            except KeyboardInterrupt:
-                print(
-                    "fedtune: interrupted; the processes it started were stopped", file=sys.stderr
-                )
-                return 130
-        else:
-            summary = runtime.run_centralized(scenario, args.quiet)
-    except (ScenarioError, DataError, ModelError, CheckpointError) as exc:
-        print(f"fedtune: error: {exc}", file=sys.stderr)
-        return 2
+def _finished(summary: dict) -> int:
+    """The closing line of a run: success, or an error when no round aggregated anything."""
+    if summary.get("rounds_aggregated") == 0 and summary.get("rounds_completed", 0) > 0:
+        print(
+            "fedtune: error: no round aggregated any update (every client failed or was "
+            f"rejected); see {Path(summary['run_dir']) / 'run.log'}",
+            file=sys.stderr,
+        )
+        return 1
     final = summary["final"]
     print(
         f"{summary['mode']} run of {summary['scenario']!r}: {summary['rounds_completed']} rounds, "
@@ -195,6 +292,215 @@ def main(argv: list[str] | None = None) -> int:
         f"outputs in {summary['run_dir']}"
     )
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = _scenario(args, args.resume)
+    from fedtune import runtime  # heavy imports only once the input is valid
+
+    try:
+        summary = runtime.run_federated(scenario, args.quiet, args.verbose, bool(args.resume))
+    except runtime.Interrupted as exc:
+        _interrupted_run(exc)
+    return _finished(summary)
+
+
+def _interrupted_run(exc: KeyboardInterrupt) -> NoReturn:
+    """One line, then end the process now: the simulation's ServerApp thread may still be
+    waiting for replies that will never come (its Ray processes are gone)."""
+    run_dir = getattr(exc, "run_dir", None)
+    resumable = run_dir is not None and holds_run(run_dir) and _has_checkpoint(run_dir)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[2K\x1b[?25h")  # clear the progress line, show the cursor
+    if resumable:
+        print(f"fedtune: interrupted; resume with fedtune run --resume {run_dir}", file=sys.stderr)
+    else:
+        print("fedtune: interrupted before the first round's checkpoint", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(getattr(exc, "exit_code", 130))
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).is_dir() for name in ("checkpoint", ".checkpoint.old"))
+
+
+def _centralized(args: argparse.Namespace) -> int:
+    scenario = _scenario(args)
+    from fedtune import runtime
+
+    return _finished(runtime.run_centralized(scenario, args.quiet))
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    scenario = _scenario(args)
+    from fedtune import deploy
+
+    try:
+        summary = deploy.deploy(scenario, args.insecure, args.quiet)
+    except KeyboardInterrupt as exc:
+        print("fedtune: interrupted; the processes it started were stopped", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
+    return _finished(summary)
+
+
+# ------------------------------------------------------------------ files for deployments
+
+LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){LABEL}(\.{LABEL})*$")
+"""An ASCII host name (what a certificate's DNS SAN holds)."""
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from fedtune.certs import make_certs
+
+    for name in args.names:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not HOST_NAME.match(name):
+                raise UsageError(f"--name {name[:80]!r}: not a host name or IP address") from None
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{args.out_dir}: a file, not a directory")
+    targets = ["ca.crt", "ca.key", "server.pem", "server.key", "superexec.secret"]
+    targets += [f"node-{i}{ext}" for i in range(args.nodes) for ext in ("", ".pub")]
+    existing = [name for name in targets if (out / name).exists()]
+    if existing:
+        raise UsageError(
+            f"{args.out_dir}: already holds {existing[0]}; fedtune never overwrites keys "
+            "(choose a new directory)"
+        )
+    try:
+        for path in make_certs(out, args.nodes, tuple(args.names)):
+            print(path)
+    except OSError as exc:
+        raise UsageError(f"{args.out_dir}: cannot write: {exc.strerror or exc}") from None
+    return 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    overrides = dict(parse_override(item) for item in args.overrides)
+    scenario = load_scenario(args.scenario, overrides)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{args.out_dir}: a file, not a directory")
+    for pid in range(scenario.partition.num_clients):
+        target = out / f"node-{pid}" / "data.jsonl"
+        if target.exists() or target.parent.is_file():
+            raise UsageError(f"{target}: already exists; choose a new directory")
+    from fedtune.deploy import write_node_files
+
+    try:
+        for path in write_node_files(scenario, out):
+            print(path)
+    except OSError as exc:
+        raise UsageError(f"{args.out_dir}: cannot write: {exc.strerror or exc}") from None
+    return 0
+
+
+# ------------------------------------------------------------------ reports
+
+
+def _readable_run(name: str) -> Path:
+    """A directory with a readable summary.json and metrics.jsonl (checked, not trusted)."""
+    path = Path(name)
+    if not path.exists():
+        raise RunDirArgError(f"{name}: no such directory")
+    if not path.is_dir():
+        raise RunDirArgError(f"{name}: a file, not a run directory")
+    files = {"summary.json": "object", "metrics.jsonl": "lines"}
+    files.update({f: "object" for f in ("partition.json", "scenario.json") if (path / f).exists()})
+    for file, kind in files.items():
+        target = path / file
+        if not target.is_file():
+            raise RunDirArgError(f"{name}: not a fedtune run (no {file})")
+        try:
+            text = target.read_text(encoding="utf-8")
+            values = [json.loads(x) for x in text.splitlines() if x.strip()]
+            if kind == "object":
+                values = [json.loads(text)]
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+            raise RunDirArgError(f"{name}: {file} is damaged ({detail})") from None
+        if not all(isinstance(value, dict) for value in values):
+            raise RunDirArgError(f"{name}: {file} is damaged (not JSON objects)")
+    return path
+
+
+def _report_call(call: Callable[[], Path], what: str) -> int:
+    """Run a report writer; a run whose files lack what a report needs is one line."""
+    try:
+        print(call())
+    except FedtuneError:
+        raise
+    except OSError as exc:
+        raise RunDirArgError(f"{what}: cannot write: {exc.strerror or exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise RunDirArgError(
+            f"{what}: incomplete or damaged run files ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''})"
+        ) from None
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    run_dir = _readable_run(args.run_dir)
+    from fedtune import report
+
+    return _report_call(lambda: report.write_report(run_dir), args.run_dir)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    run_dirs = [_readable_run(name) for name in args.run_dirs]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.output or f"runs/compare-{stamp}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {args.output}: a file, not a directory")
+    from fedtune import report
+
+    return _report_call(lambda: report.compare(run_dirs, out), str(out))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "centralized": _centralized,
+    "deploy": _deploy,
+    "certs": _certs,
+    "shards": _shards,
+    "report": _report,
+    "compare": _compare,
+    "predict": _predict,
+    "serve": _serve,
+}
+"""Command name -> handler (its argparse namespace -> exit code)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    except FedtuneError as exc:
+        print(f"fedtune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        print("fedtune: interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
+    except BrokenPipeError:  # `fedtune predict ... | head`: the reader left; stop quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import inspect
+import os
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -13,7 +16,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -22,6 +27,11 @@ from pydantic_core import PydanticCustomError
 from fedtune.errors import FedtuneError
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+MAX_SCENARIO_BYTES = 256 * 1024
+"""Largest scenario file read (shipped ones are about 1.5 KB)."""
+MAX_YAML_NODES = 10_000
+"""Most YAML nodes a scenario file or `--set` value may expand to, aliases included."""
+MAX_SEED = 2**31 - 1
 
 
 class ScenarioError(FedtuneError, ValueError):
@@ -121,13 +131,20 @@ class FederationConfig(Section):
     """A strategy registered in `fedtune.strategies.STRATEGIES`, by lower-case name (all of
     Flower's `flwr.serverapp.strategy`)."""
     strategy_params: dict[str, float | int | str | bool] = {}
-    """Keyword arguments of that strategy, e.g. `{proximal_mu: 0.01}` for fedprox."""
+    """Keyword arguments of that strategy, e.g. `{proximal_mu: 0.01}` for fedprox; checked
+    against the strategy's constructor (names and types). fedtune sets the sampling, the
+    minimum node counts and the metric aggregation itself (`STRATEGY_OWN_PARAMS`)."""
     rounds: int = Field(3, ge=1)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0)
-    min_train_nodes: int = Field(1, ge=1)
-    min_evaluate_nodes: int = Field(1, ge=0)
-    min_available_nodes: int = Field(1, ge=1)
+    min_train_nodes: int | None = Field(None, ge=1)
+    """Fewest accepted updates a round aggregates (fewer: the global model is kept). null:
+    Flower's default of 2, but never more than the clients sampled per round."""
+    min_evaluate_nodes: int | None = Field(None, ge=0)
+    """Fewest clients sampled for federated evaluation. null: Flower's default of 2, but never
+    more than the clients `fraction_evaluate` samples (0 when it is 0)."""
+    min_available_nodes: int | None = Field(None, ge=1)
+    """Nodes the server waits for before the first round. null: all `partition.num_clients`."""
     round_timeout: float = Field(3600.0, gt=0.0)
     client_resources: ClientResources = ClientResources()
 
@@ -139,6 +156,121 @@ class FederationConfig(Section):
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
         return name
+
+    @field_validator("strategy_params")
+    @classmethod
+    def _fit_strategy(cls, params: dict, info: ValidationInfo) -> dict:
+        name = info.data.get("strategy")
+        return params if name is None else check_strategy_params(name, params)
+
+    def nodes(self, num_clients: int) -> FederationNodes:
+        """The minimum node counts for a federation of `num_clients`, nulls resolved."""
+        sampled_train = max(int(num_clients * self.fraction_train), 1)
+        if self.fraction_evaluate == 0.0:  # Flower's configure_evaluate samples no one
+            sampled_evaluate = 0
+        else:
+            sampled_evaluate = max(int(num_clients * self.fraction_evaluate), 1)
+        return FederationNodes(
+            min_train_nodes=(
+                self.min_train_nodes
+                if self.min_train_nodes is not None
+                else min(FLOWER_MIN_NODES, sampled_train)
+            ),
+            min_evaluate_nodes=(
+                self.min_evaluate_nodes
+                if self.min_evaluate_nodes is not None
+                else min(FLOWER_MIN_NODES, sampled_evaluate)
+            ),
+            min_available_nodes=(
+                self.min_available_nodes if self.min_available_nodes is not None else num_clients
+            ),
+        )
+
+
+FLOWER_MIN_NODES = 2
+"""Flower's default `min_train_nodes`/`min_evaluate_nodes` (FedAvg and every other)."""
+
+
+class FederationNodes(NamedTuple):
+    """`federation.min_*_nodes` with nulls resolved for a number of clients."""
+
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+
+
+STRATEGY_OWN_PARAMS = {
+    "fraction_train": "federation.fraction_train",
+    "fraction_evaluate": "federation.fraction_evaluate",
+    "min_train_nodes": "federation.min_train_nodes",
+    "min_evaluate_nodes": "federation.min_evaluate_nodes",
+    "min_available_nodes": "federation.min_available_nodes",
+    "weighted_by_key": None,
+    "arrayrecord_key": None,
+    "configrecord_key": None,
+    "train_metrics_aggr_fn": None,
+    "evaluate_metrics_aggr_fn": None,
+    "train_loss_key": None,
+}
+"""Strategy constructor parameters fedtune sets itself (with the scenario key that sets
+them, where there is one): never settable in `federation.strategy_params`."""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters: error messages never repeat a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def check_strategy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` checked against the constructor of strategy `name` (names, and values by its
+    annotations in pydantic's lax mode); returns them converted (e.g. 1 -> 1.0 for a float).
+    Raise ValueError naming the first bad key."""
+    from fedtune.strategies import STRATEGIES
+
+    init = STRATEGIES[name].__init__
+    signature = inspect.signature(init)
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
+        hints = {}
+    settable = [
+        p
+        for p, param in signature.parameters.items()
+        if p != "self"
+        and p not in STRATEGY_OWN_PARAMS
+        and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+        and not _is_callable(hints.get(p))
+    ]
+    checked = {}
+    for key, value in params.items():
+        if key in STRATEGY_OWN_PARAMS:
+            where = STRATEGY_OWN_PARAMS[key]
+            hint = f"; set {where} instead" if where else ""
+            raise ValueError(f"{key}: set by fedtune itself, not a strategy parameter{hint}")
+        if key not in settable:
+            known = ", ".join(settable) or "none"
+            raise ValueError(f"{key}: not a parameter of {name} (its parameters: {known})")
+        annotation = hints.get(key, Any)
+        try:
+            checked[key] = TypeAdapter(annotation).validate_python(value)
+        except ValidationError as err:
+            msg = err.errors()[0]["msg"]
+            kind = getattr(annotation, "__name__", str(annotation))
+            raise ValueError(
+                f"{key}: {msg} (got {_short(value)}; {name}'s {key} is a {kind})"
+            ) from None
+    return checked
+
+
+def _is_callable(annotation: Any) -> bool:
+    """Whether an annotation is (or includes) a Callable: not expressible in a scenario."""
+    if annotation is None:
+        return False
+    origin = typing.get_origin(annotation)
+    if origin is Callable:
+        return True
+    return any(_is_callable(arg) for arg in typing.get_args(annotation) if arg is not type(None))
 
 
 class TrainingConfig(Section):
@@ -325,7 +457,9 @@ class Scenario(Section):
 
     name: str = "scenario"
     description: str = ""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED)
+    """Seeds numpy (which takes 0 <= seed < 2**32), torch and Python's RNG; seeds derived
+    from it (seed + client, ...) stay in numpy's range."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
@@ -339,11 +473,31 @@ class Scenario(Section):
     output: OutputConfig = OutputConfig()
 
     @property
+    def nodes(self) -> FederationNodes:
+        """`federation.min_*_nodes` resolved for `partition.num_clients` (nulls filled in)."""
+        return self.federation.nodes(self.partition.num_clients)
+
+    @property
+    def min_train_nodes(self) -> int:
+        """Resolved `federation.min_train_nodes`: what the strategy gets."""
+        return self.nodes.min_train_nodes
+
+    @property
+    def min_evaluate_nodes(self) -> int:
+        """Resolved `federation.min_evaluate_nodes`: what the strategy gets."""
+        return self.nodes.min_evaluate_nodes
+
+    @property
+    def min_available_nodes(self) -> int:
+        """Resolved `federation.min_available_nodes`: what the strategy gets."""
+        return self.nodes.min_available_nodes
+
+    @property
     def clients_per_round(self) -> int:
         """How many clients are sampled for training each round (as Flower's
         `FedAvg.configure_train` computes it)."""
         fed, n = self.federation, self.partition.num_clients
-        return max(int(n * fed.fraction_train), fed.min_train_nodes)
+        return max(int(n * fed.fraction_train), self.min_train_nodes)
 
     @model_validator(mode="after")
     def _privacy_fits(self) -> Scenario:
@@ -379,35 +533,98 @@ class Scenario(Section):
 
     @model_validator(mode="after")
     def _nodes_fit_federation(self) -> Scenario:
+        """Only values the user set can fail here: resolved nulls always fit."""
         fed, n = self.federation, self.partition.num_clients
         for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
-            if getattr(fed, key) > n:
-                raise ValueError(
-                    f"federation.{key}={getattr(fed, key)} exceeds partition.num_clients={n}"
-                )
+            value = getattr(fed, key)
+            if value is not None and value > n:
+                raise ValueError(f"federation.{key}={value} exceeds partition.num_clients={n}")
         return self
 
 
 def _one_line(err: ValidationError, origin: str) -> str:
+    """The first validation error as `origin: dotted.key: what (got input)`, on one line and
+    short: the key's parts and the input are cut to 40 and 80 characters."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
+    key = ".".join(_cut(str(p), 40) for p in first["loc"])
+    msg = " ".join(first["msg"].removeprefix("Value error, ").split())
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first["type"] not in ("missing", "value_error"):
-        msg += f" (got {first['input']!r})"
+        msg += f" (got {_short(first['input'])})"
     where = f"{origin}: {key}: " if key else f"{origin}: "
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{where}{msg}{more}"
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML document that expands past MAX_YAML_NODES nodes, or refers to itself."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
+    """Raise YamlTooLarge if `root` has more than `limit` nodes once every alias is expanded
+    (a few KB of nested aliases can stand for billions), or an alias inside its own anchor.
+    Counts each distinct node once, so this takes linear time whatever the expansion."""
+    expanded: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            expanded[key] = 1 + sum(expanded[id(child)] for child in _children(node))
+            if expanded[key] > limit:
+                raise YamlTooLarge(
+                    f"expands to more than {limit} values (aliases of aliases?); refusing it"
+                )
+        elif key in on_path:
+            raise YamlTooLarge("an alias refers to the node that contains it")
+        elif key not in expanded:
+            on_path.add(key)
+            stack.append((node, True))
+            stack += [(child, False) for child in _children(node) if id(child) not in expanded]
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents that expand past MAX_YAML_NODES nodes before
+    anything is built from them."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+
+def safe_load(text: str) -> Any:
+    """`yaml.safe_load` with bounded alias expansion; YAMLError (YamlTooLarge included) for
+    anything it refuses, nesting too deep for the parser included."""
+    try:
+        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def parse_override(item: str) -> tuple[str, Any]:
-    """`a.b=value` -> (`a.b`, YAML-parsed value)."""
+    """`a.b=value` -> (`a.b`, YAML-parsed value; the raw text where it is not YAML)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ScenarioError(f"--set {item!r}: expected dotted.key=value")
+        raise ScenarioError(f"--set {_short(item)}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load(raw) if raw.strip() else None
+    except YamlTooLarge as exc:
+        raise ScenarioError(f"--set {_cut(key.strip(), 40)}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -421,7 +638,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ScenarioError(f"--set {dotted}: '{part}' is not a section")
+                raise ScenarioError(f"--set {_cut(dotted, 80)}: {part!r} is not a section")
             node = child
         node[leaf] = value
     return raw
@@ -431,19 +648,35 @@ def resolve_scenario_path(ref: str | Path) -> Path:
     """A path as given, else a shipped scenario by file name or bare name."""
     path = Path(ref)
     for candidate in (path, SCENARIO_DIR / path, SCENARIO_DIR / f"{ref}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise ScenarioError(f"{ref}: scenario file not found")
+        try:
+            if candidate.is_file():
+                return candidate
+        except (OSError, ValueError):  # a name too long for the OS, a NUL byte, ...
+            continue
+    if path.is_dir():
+        raise ScenarioError(f"{_cut(str(ref), 200)}: a directory, not a scenario file")
+    raise ScenarioError(f"{_cut(str(ref), 200)}: scenario file not found")
 
 
 def load_scenario(ref: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Read, override and validate a scenario file; raise ScenarioError on any problem."""
     path = resolve_scenario_path(ref)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SCENARIO_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            f"{path}: larger than {MAX_SCENARIO_BYTES // 1024} KiB; not a scenario file"
+        )
+    try:
+        raw = safe_load(data.decode("utf-8"))
+    except YamlTooLarge as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ScenarioError(f"{path}: malformed YAML: {detail}") from None
+        raise ScenarioError(f"{path}: malformed YAML: {_cut(detail, 200)}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: expected a mapping of sections at the top level")
@@ -457,6 +690,52 @@ def scenario_from_dict(raw: dict[str, Any], origin: str = "scenario") -> Scenari
         return Scenario.model_validate(raw)
     except ValidationError as err:
         raise ScenarioError(_one_line(err, origin)) from None
+
+
+RUN_MARKERS = ("scenario.json", "summary.json", "checkpoint", ".checkpoint.old")
+"""What a directory holds once fedtune started a run in it (scenario.json comes first)."""
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` is a directory in which fedtune started a run (finished or not)."""
+    return any((Path(path) / marker).exists() for marker in RUN_MARKERS)
+
+
+def check_output_dir(path: str | Path, resume: bool = False, key: str = "output.dir") -> None:
+    """Refuse, with one line naming `key`, an output directory fedtune must not write into:
+    an existing file, a directory that holds a run (unless `resume`), a non-empty directory
+    that is not a run of fedtune's (its files are the user's), or one that cannot be created.
+    Cheap and side-effect free: called before anything starts."""
+    path = Path(path)
+    where = f"{key} {_cut(str(path), 200)!r}"
+    try:
+        if path.exists() and not path.is_dir():
+            raise ScenarioError(f"{where} is a file, not a directory")
+        if path.is_dir():
+            if resume:
+                return
+            if holds_run(path):
+                raise ScenarioError(
+                    f"{where} already holds a run (continue it with fedtune run --resume "
+                    f"{path}, or choose another directory)"
+                )
+            if any(path.iterdir()):
+                raise ScenarioError(
+                    f"{where} is not empty and not a fedtune run directory; fedtune does not "
+                    "write among other files (choose a new or empty directory)"
+                )
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ScenarioError(f"{where}: permission denied")
+            return
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ScenarioError(f"{where} cannot be created: {parent} is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ScenarioError(f"{where} cannot be created: {parent} is not writable")
+    except OSError as exc:
+        raise ScenarioError(f"{where}: {exc.strerror or exc}") from None
 
 
 def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:

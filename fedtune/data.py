@@ -94,11 +94,21 @@ def load_file(cfg: DataConfig) -> datasets.Dataset:
             f"data.source {cfg.source!r}: not a built-in source {BUILTIN_SOURCES} "
             f"nor a {'/'.join(FILE_FORMATS)} file"
         )
+    if path.is_dir():
+        raise DataError(f"data.source {cfg.source!r}: a directory, not a data file")
     if not path.is_file():
         raise DataError(f"data.source {cfg.source!r}: file not found")
+    if cfg.text_column == cfg.label_column:
+        raise DataError(
+            f"data.text_column and data.label_column are both {cfg.text_column!r}; "
+            "texts and labels need their own columns"
+        )
     fmt = FILE_FORMATS[path.suffix.lower()]
-    with path.open("rb") as handle:
-        lines = [line for line in handle.readlines(1 << 16) if line.strip()][:2]
+    try:
+        with path.open("rb") as handle:
+            lines = [line for line in handle.readlines(1 << 16) if line.strip()][:2]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if fmt != "parquet" and len(lines) < (2 if fmt == "csv" else 1):
         raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
     try:
@@ -113,10 +123,25 @@ def load_file(cfg: DataConfig) -> datasets.Dataset:
             raise DataError(
                 f"{path}: data.{key} {column!r} not among the columns {ds.column_names}"
             )
-    ds = ds.rename_columns(
-        {c: n for c, n in ((cfg.text_column, TEXT), (cfg.label_column, LABEL)) if c != n}
-    )
-    return ds
+    _check_column_types(ds, cfg, path)
+    keep = [c for c in ds.column_names if c not in (TEXT, LABEL, cfg.text_column, cfg.label_column)]
+    ds = ds.select_columns([cfg.text_column, cfg.label_column, *keep])
+    # Renamed in two steps so that swapped names (text_column: label) never collide.
+    ds = ds.rename_columns({cfg.text_column: "__fedtune_text", cfg.label_column: "__fedtune_label"})
+    return ds.rename_columns({"__fedtune_text": TEXT, "__fedtune_label": LABEL})
+
+
+def _check_column_types(ds: datasets.Dataset, cfg: DataConfig, path: Path) -> None:
+    """Texts must be scalars (strings; numbers are read as text); labels all strings or all
+    numbers (or bools). A column that mixes types comes out of `datasets` as Json."""
+    for key, allowed in (("text_column", "strings"), ("label_column", "strings or all integers")):
+        column = getattr(cfg, key)
+        feature = ds.features[column]
+        if isinstance(feature, datasets.ClassLabel | datasets.Value):
+            continue
+        kind = type(feature).__name__
+        found = "values of mixed types" if kind == "Json" else f"{kind.lower()} values"
+        raise DataError(f"{path}: data.{key} {column!r}: needs all {allowed}, found {found}")
 
 
 def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
@@ -126,6 +151,8 @@ def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
     if len(ds) == 0:
         raise DataError(f"data.source {cfg.source!r}: no examples")
     ds = ds.filter(lambda row: row[TEXT] is not None and row[LABEL] is not None)
+    if len(ds) == 0:
+        raise DataError(f"data.source {cfg.source!r}: no example has both a text and a label")
     ds = ds.cast_column(TEXT, datasets.Value("string"))
     # An exact duplicate could land in both the server's test split and a client's shard.
     ds = ds.select(pd.Series(ds[TEXT]).drop_duplicates().index)

@@ -3,11 +3,19 @@ baseline on the union of the clients' data with the same sample budget."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import signal
+import sys
+import threading
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import datasets
 from flwr.common.logger import console_handler
@@ -15,7 +23,7 @@ from flwr.simulation import run_simulation
 
 from fedtune.checkpoint import load_checkpoint
 from fedtune.client import build_client_app
-from fedtune.config import Scenario, ScenarioError
+from fedtune.config import Scenario, check_output_dir
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
 from fedtune.model import check_model
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
@@ -41,11 +49,24 @@ class _QuietConsole(logging.Filter):
 
 
 def prepare_run_dir(scenario: Scenario, mode: str) -> Path:
-    """The run directory; refuse one that already holds a run."""
+    """The run directory; refuse a file, a directory that already holds a run, and a
+    non-empty directory that is not a run (fedtune never overwrites files it did not write).
+    `fedtune` checks `output.dir` itself before anything starts; this covers the default
+    `runs/<name>-<time>` and other callers."""
     run_dir = default_run_dir(scenario, mode)
-    if (run_dir / "summary.json").exists():
-        raise ScenarioError(f"output.dir {str(run_dir)!r} already holds a run; choose another")
+    check_output_dir(run_dir)
     return run_dir
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a simulation; its Ray processes are gone, but its
+    ServerApp thread may still be alive (the caller ends the process with `os._exit`)."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.run_dir = run_dir
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports
 
 
 def check_inputs(scenario: Scenario) -> None:
@@ -76,7 +97,8 @@ def run_federated(
     # Ray's notice about a future default; fedtune relies on today's (CPU-only clients
     # get no GPU when num_gpus is 0).
     warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO")
-    run_simulation(
+    simulate(
+        run_dir,
         server_app=build_server_app(scenario, run_dir, quiet, resume),
         client_app=build_client_app(scenario),
         num_supernodes=scenario.partition.num_clients,
@@ -92,6 +114,154 @@ def run_federated(
             f"the simulation ended without writing {summary_path}; see the log above"
         )
     return json.loads(summary_path.read_text())
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RAY_SHUTDOWN_SECONDS = 5.0
+
+
+def simulate(run_dir: Path, **kwargs: Any) -> None:
+    """`flwr.simulation.run_simulation(**kwargs)`, stoppable by one SIGINT or SIGTERM.
+
+    Flower runs the simulation loop in the calling thread and the ServerApp in a second one;
+    a KeyboardInterrupt in the loop leaves the ServerApp thread waiting for replies (up to
+    `round_timeout`) and Ray's SIGTERM handler aborts the interpreter. So the simulation
+    runs in a worker thread, and the main thread, holding SIGINT and SIGTERM, waits for it.
+    On a signal it stops Flower's message loop (no reply, not even the errors of clients that
+    the signal killed, reaches the ServerApp: no checkpoint is written for a round that did
+    not complete), shuts Ray down, kills what is left of this process's descendants, and
+    raises `Interrupted`. The last complete round's checkpoint stays as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        run_simulation(**kwargs)  # signals are the main thread's business
+        return
+    done = threading.Event()
+    failure: list[BaseException] = []
+    stop_events: list[threading.Event] = []
+    received: list[int] = []
+    descendants: list[tuple[int, str]] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not received:
+            descendants.extend(_descendants())  # before any of them exits or is reparented
+            for event in stop_events:
+                event.set()
+        received.append(signum)
+
+    def target() -> None:
+        try:
+            run_simulation(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    # ray.init, now in a worker thread, says it cannot install its SIGTERM handler (the
+    # handler that made SIGTERM abort the interpreter): fedtune's own handles SIGTERM.
+    ray_logger = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _NoSigtermNotice) for f in ray_logger.filters):
+        ray_logger.addFilter(_NoSigtermNotice())
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    try:
+        with _capture_stop_event(stop_events):
+            worker = threading.Thread(target=target, name="fedtune-simulation", daemon=True)
+            worker.start()
+            while not received and not done.wait(0.1):
+                # Ray's C++ core installs a crash handler for SIGTERM when it starts (it
+                # prints a stack dump, then chains here): take the signal back each time.
+                for signum in STOP_SIGNALS:
+                    signal.signal(signum, on_signal)
+        if received:
+            _stop_ray(descendants)
+            raise Interrupted(received[0], run_dir)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if failure:
+        raise failure[0]
+
+
+class _NoSigtermNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _capture_stop_event(sink: list[threading.Event]) -> Iterator[None]:
+    """Collect the stop event (`f_stop`) that `run_simulation` hands its ServerApp thread
+    and its message loop; setting it stops the loop from moving messages either way. Flower
+    1.42 internals: where they change, nothing is collected and Ray's shutdown alone stops
+    the run."""
+    module = sys.modules.get("flwr.simulation.run_simulation")
+    original: Callable | None = getattr(module, "run_serverapp_th", None)
+    if original is None:
+        yield
+        return
+
+    def run_serverapp_th(*args: Any, **kwargs: Any) -> Any:
+        if isinstance(kwargs.get("f_stop"), threading.Event):
+            sink.append(kwargs["f_stop"])
+        return original(*args, **kwargs)
+
+    module.run_serverapp_th = run_serverapp_th
+    try:
+        yield
+    finally:
+        module.run_serverapp_th = original
+
+
+def _stop_ray(descendants: list[tuple[int, str]]) -> None:
+    """`ray.shutdown()` (at most RAY_SHUTDOWN_SECONDS), then SIGKILL every process of
+    `descendants` (pid, start time) that still runs: Ray's GCS, raylet and workers."""
+    import ray
+
+    def shutdown() -> None:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+
+    helper = threading.Thread(target=shutdown, name="fedtune-ray-shutdown", daemon=True)
+    helper.start()
+    helper.join(RAY_SHUTDOWN_SECONDS)
+    deadline = time.monotonic() + 5.0
+    for pid, started in descendants:
+        if _start_time(pid) == started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    while time.monotonic() < deadline and any(
+        _start_time(pid) == started for pid, started in descendants
+    ):
+        time.sleep(0.05)  # zombies of our own children count as gone (see _start_time)
+
+
+def _start_time(pid: int) -> str | None:
+    """A live process's start time (to tell it from a later one with the same pid); None
+    when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _descendants() -> list[tuple[int, str]]:
+    """(pid, start time) of every process below this one (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            started[int(entry.name)] = fields[19]
+    found, stack = [], list(children.get(os.getpid(), []))
+    while stack:
+        pid = stack.pop()
+        found.append((pid, started[pid]))
+        stack += children.get(pid, [])
+    return found
 
 
 def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:

@@ -4,14 +4,16 @@ HTTP API: `GET /health` -> `{"status": "ok", "labels": [...]}`; `POST /predict` 
 `{"texts": ["...", ...]}` -> `{"predictions": [{"label": ..., "score": ...}, ...]}` in input
 order. Every invalid request (malformed JSON, missing or empty `texts`, a non-string item, more
 than `max_texts` texts, a text longer than `max_chars`) gets 422 and `{"detail": "<message>"}`;
+a body over `max_body_bytes` gets 413 with the same shape (read no further than the limit);
 only a body that is not UTF-8 gets FastAPI's own 400.
 """
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import uvicorn
@@ -22,21 +24,55 @@ from pydantic import BaseModel, Field, StrictStr, StringConstraints
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from fedtune.errors import FedtuneError
+from fedtune.model import ModelError
 from fedtune.train import pick_device
 
 hf_logging.disable_progress_bar()  # no "Loading weights" bars in `fedtune predict` output
 
+MAX_BODY_BYTES = 1 << 20
+"""Largest `POST /predict` body `fedtune serve` reads (64 texts of 2,000 characters fit)."""
+
+
+class ServeError(FedtuneError):
+    """`fedtune serve` cannot listen where it was asked to."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
 
 class Predictor:
-    """A saved sequence classifier, loaded once, in eval mode, on CUDA when available."""
+    """A saved sequence classifier, loaded once, in eval mode, on CUDA when available.
+    Refuses (ModelError) a directory that is not a model, or whose classification head was
+    not saved with it (a pretrained encoder: its labels would come from random weights)."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 32, max_length: int = 128) -> None:
         path = Path(model_dir).expanduser()
         if not (path / "config.json").is_file():
-            raise ValueError(f"{str(model_dir)!r} is not a model directory: it has no config.json")
+            raise ModelError(f"{str(model_dir)!r} is not a model directory: it has no config.json")
         self.device = pick_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, output_loading_info=True
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, the directory is the cause
+            raise ModelError(
+                f"{str(model_dir)!r}: cannot load the model: {_first_line(exc)}"
+            ) from None
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            prefix = f"{model.base_model_prefix}."
+            head = [key for key in missing if not key.startswith(prefix)]
+            what = "classification head" if head else "encoder"
+            raise ModelError(
+                f"{str(model_dir)!r} has no trained {what} (not in the saved weights: "
+                f"{', '.join((head or missing)[:3])}{', ...' if len(missing) > 3 else ''}); "
+                "give the model/ directory of a fedtune run"
+            )
+        self.model = model.to(self.device).eval()
         config = self.model.config
         self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
         self.batch_size = batch_size
@@ -143,14 +179,73 @@ def _error_message(error: dict) -> str:
     return f"{where}: {error['msg']}"
 
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class BodyLimit:
+    """ASGI middleware: an HTTP request whose body exceeds `max_bytes` gets 413 and
+    `{"detail": ...}`. A Content-Length over the limit is refused before any of the body is
+    read; otherwise the body is read chunk by chunk and refused as soon as it passes the
+    limit (chunked uploads too), so at most `max_bytes` of it is ever held."""
+
+    def __init__(self, app: Callable, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                chunks_left = [message]
+                break
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                chunks_left = [{"type": "http.request", "body": b"".join(chunks)}]
+                break
+
+        async def replay() -> MutableMapping[str, Any]:
+            return chunks_left.pop() if chunks_left else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        detail = f"request body larger than {self.max_bytes} bytes"
+        body = JSONResponse(status_code=413, content={"detail": detail}).body
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(
     predictor: Predictor,
     max_texts: int = 64,
     max_chars: int = 2000,
     max_batch: int = 32,
     max_wait_ms: float = 5,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The HTTP API around `predictor`; its micro-batcher is `app.state.batcher` while running."""
+    """The HTTP API around `predictor`; its micro-batcher is `app.state.batcher` while running.
+    Request bodies over `max_body_bytes` get 413."""
 
     # A local class because its limits are arguments. FastAPI resolves `body: PredictRequest`
     # at runtime, so this module must not use `from __future__ import annotations`.
@@ -169,6 +264,7 @@ def create_app(
             await task
 
     app = FastAPI(title="fedtune", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -186,6 +282,27 @@ def create_app(
     return app
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+def check_address(host: str, port: int) -> None:
+    """Raise ServeError unless `host:port` can be listened on now (before the model loads)."""
+    if not 0 < port < 65536:
+        raise ServeError(f"--port {port}: not a TCP port (1-65535)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServeError(f"--host {host!r}: cannot resolve: {_first_line(exc)}") from None
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def serve(
+    model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_body_bytes: int = MAX_BODY_BYTES
+) -> None:
     """Load the model in `model_dir` and serve it with uvicorn until interrupted."""
-    uvicorn.run(create_app(Predictor(model_dir)), host=host, port=port)
+    check_address(host, port)
+    app = create_app(Predictor(model_dir), max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port)
