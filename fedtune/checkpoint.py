@@ -201,6 +201,7 @@ def save_checkpoint(
         "strategy": strategy_meta,
         "rng": rng_meta,
         "fingerprint": fingerprint(scenario),
+        "weights": list(weights),  # safetensors sorts names; the order matters (DP noise)
     }
 
     def save(tmp: Path) -> None:
@@ -231,9 +232,12 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     weights = _read(path / "weights.safetensors", load_file)
     state_arrays = _read(path / "state.safetensors", load_file)
     meta = _read(path / "state.json", lambda p: json.loads(Path(p).read_text(encoding="utf-8")))
-    keys = ("round", "recorder", "strategy", "rng", "fingerprint")
+    keys = ("round", "recorder", "strategy", "rng", "fingerprint", "weights")
     if not isinstance(meta, dict) or any(key not in meta for key in keys):
         raise CheckpointError(f"{path / 'state.json'}: damaged checkpoint (missing keys)")
+    if set(meta["weights"]) != set(weights):
+        raise CheckpointError(f"{path}: damaged checkpoint (weights do not match state.json)")
+    weights = {name: weights[name] for name in meta["weights"]}
     return Checkpoint(int(meta["round"]), weights, meta["recorder"], state_arrays, meta)
 
 

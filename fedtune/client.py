@@ -27,7 +27,7 @@ from flwr.supercore.differential_privacy import (
 )
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedtune.attacks import flip_labels, malicious_clients, poison
+from fedtune.attacks import ATTACKS, malicious_clients, poison
 from fedtune.codecs import encode_with_feedback
 from fedtune.config import ModelConfig, Scenario, scenario_from_run_config
 from fedtune.data import federated_data, make_loader
@@ -193,8 +193,8 @@ def local_update(step: TrainStep) -> Arrays:
     node, cfg = step.node, step.node.scenario.training
     torch.manual_seed(node.run_seed)
     data = node.data.train
-    if node.malicious and node.scenario.attack.kind == "label_flip":
-        data = flip_labels(data, len(node.model.config.id2label))
+    if node.malicious:  # a data-poisoning attack trains on what it poisoned
+        data = ATTACKS[node.scenario.attack.kind].poison_data(data, len(node.model.config.id2label))
     loader = make_loader(data, node.tokenizer, cfg.batch_size, node.run_seed, cfg.group_by_length)
     on_step = inject_faults(node)
     training = time.perf_counter()

@@ -3,6 +3,7 @@ go (progress, bytes, failures) and kept per exchange for the round's record."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ def payload_bytes(message: Message) -> int:
 
 @dataclass
 class Exchange:
-    """One finished send-and-receive: what was sent, what came back."""
+    """One finished send-and-receive: what was sent, what came back, and each client's line
+    for metrics.jsonl, taken as the replies arrived (aggregation may rewrite them later)."""
 
     kind: str
     server_round: int
@@ -49,14 +51,12 @@ class Exchange:
     replies: list[Message]
     bytes_down: dict[int, int]
     """Bytes sent to each node."""
-    bytes_from: dict[int, int] | None = field(default=None)
-    """Bytes received from each node; default: the payloads of `replies`."""
+    bytes_up: dict[int, int]
+    """Bytes received from each node."""
+    clients: list[dict] = field(init=False)
 
-    def received(self) -> dict[int, int]:
-        """Bytes received from each node."""
-        if self.bytes_from is not None:
-            return self.bytes_from
-        return {r.metadata.src_node_id: payload_bytes(r) for r in self.replies if r.has_content()}
+    def __post_init__(self) -> None:
+        self.clients = [client_line(r, self.bytes_down, self.bytes_up) for r in self.replies]
 
     def failures(self) -> dict:
         """Sampled, answered, failed (error reply) and timed-out counts."""
@@ -67,6 +67,25 @@ class Exchange:
             "errors": errors,
             "timed_out": self.sent - len(self.replies),
         }
+
+
+def client_line(reply: Message, bytes_down: dict[int, int], bytes_up: dict[int, int]) -> dict:
+    """One client's line in metrics.jsonl: its metrics (or error) and its bytes each way."""
+    node_id = reply.metadata.src_node_id
+    node = {
+        "node_id": node_id,
+        "bytes_down": bytes_down.get(node_id, 0),
+        "bytes_up": bytes_up.get(node_id, 0),
+    }
+    if reply.has_error():
+        return {**node, "error": client_error(reply.error.reason)}
+    return {**node, **dict(reply.content.metric_records.get("metrics", {}))}
+
+
+def client_error(reason: str) -> str:
+    """The `[client N, round R: Error: message]` part of a Flower error reason, if any."""
+    found = re.search(r"\[client .*?\]", reason, re.DOTALL)
+    return found.group(0)[1:-1] if found else reason.strip().splitlines()[-1]
 
 
 class ObservedGrid(Grid):
@@ -142,7 +161,8 @@ class ObservedGrid(Grid):
                 self.progress.phase(server_round, kind, len(replies), total)
             else:
                 time.sleep(0.1)
-        self.exchanges.append(Exchange(kind, server_round, total, replies, bytes_down))
+        bytes_up = {r.metadata.src_node_id: payload_bytes(r) for r in replies if r.has_content()}
+        self.exchanges.append(Exchange(kind, server_round, total, replies, bytes_down, bytes_up))
         return replies
 
 

@@ -51,7 +51,7 @@ def save_state(state: RecordDict, directory: Path | None, server_round: int) -> 
         for key, record in state.config_records.items()
         if key.startswith(PREFIX) and key != ROUND
     }
-    metadata = {"configs": json.dumps(configs), "arrays": json.dumps(sorted(arrays))}
+    metadata = {"configs": json.dumps(configs), "arrays": json.dumps(list(arrays))}
     write_atomic(directory / f"round-{server_round}.safetensors", save(arrays, metadata))
     state[ROUND] = ConfigRecord({"round": server_round})
     older = sorted(r for r in _rounds(directory) if r < server_round)

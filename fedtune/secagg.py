@@ -227,7 +227,7 @@ def merge_stages(stages: list[Exchange], server_round: int) -> Exchange:
     for stage in stages:
         for node, sent in stage.bytes_down.items():
             bytes_down[node] = bytes_down.get(node, 0) + sent
-        for node, received in stage.received().items():
+        for node, received in stage.bytes_up.items():
             bytes_up[node] = bytes_up.get(node, 0) + received
         for reply in stage.replies:
             node = reply.metadata.src_node_id
@@ -238,6 +238,4 @@ def merge_stages(stages: list[Exchange], server_round: int) -> Exchange:
             if legacy or (reply.has_error() and node not in by_node):
                 by_node[node] = reply
     sent = stages[0].sent if stages else 0
-    return Exchange(
-        "train", server_round, sent, list(by_node.values()), bytes_down, bytes_from=bytes_up
-    )
+    return Exchange("train", server_round, sent, list(by_node.values()), bytes_down, bytes_up)

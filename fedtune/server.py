@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from torch.utils.data import DataLoader
@@ -34,25 +33,6 @@ from fedtune.secagg import SecureAggregation
 from fedtune.strategies.factory import build_strategy
 from fedtune.strategies.privacy import privacy_spent
 from fedtune.train import evaluate, pick_device
-
-
-def _client_metrics(reply: Message, bytes_down: dict[int, int], bytes_up: dict[int, int]) -> dict:
-    """One client's line in metrics.jsonl: its metrics (or error) and its bytes each way."""
-    node_id = reply.metadata.src_node_id
-    node = {
-        "node_id": node_id,
-        "bytes_down": bytes_down.get(node_id, 0),
-        "bytes_up": bytes_up.get(node_id, 0),
-    }
-    if reply.has_error():
-        return {**node, "error": client_error(reply.error.reason)}
-    return {**node, **dict(reply.content["metrics"])}
-
-
-def client_error(reason: str) -> str:
-    """The `[client N, round R: Error: message]` part of a Flower error reason, if any."""
-    found = re.search(r"\[client .*?\]", reason, re.DOTALL)
-    return found.group(0)[1:-1] if found else reason.strip().splitlines()[-1]
 
 
 def seed_everything(seed: int) -> None:
@@ -203,12 +183,10 @@ class FederatedRun:
 
     def record(self, exchange: Exchange) -> None:
         """Per-client metrics, bytes and failures of one exchange; failures on screen."""
-        received = exchange.received()
-        clients = [_client_metrics(r, exchange.bytes_down, received) for r in exchange.replies]
         failures = exchange.failures()
-        bytes_down, bytes_up = sum(exchange.bytes_down.values()), sum(received.values())
-        self.recorder.exchange(exchange.kind, clients, bytes_down, bytes_up, failures)
-        for client in clients:
+        bytes_down, bytes_up = sum(exchange.bytes_down.values()), sum(exchange.bytes_up.values())
+        self.recorder.exchange(exchange.kind, exchange.clients, bytes_down, bytes_up, failures)
+        for client in exchange.clients:
             if "error" in client:
                 self.progress.warn(client["error"])
         if failures["timed_out"]:

@@ -66,38 +66,37 @@ def tiny_raw(model_dir: Path, csv: Path, run_dir: Path, **training) -> dict:
     }
 
 
+def _run_audited(mode: str, raw: dict, tmp: Path, audit: Path | None) -> Path:
+    """`fedtune MODE` of `raw` in a subprocess; with `audit`, every .csv/.jsonl any of its
+    processes opens is logged there."""
+    path = tmp / f"{raw['output']['dir'].rsplit('/', 1)[-1]}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = None
+    if audit is not None:
+        audit.mkdir(exist_ok=True)
+        (audit / "sitecustomize.py").write_text(AUDIT)
+        pythonpath = os.pathsep.join(p for p in (str(audit), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "FEDTUNE_AUDIT_DIR": str(audit), "PYTHONPATH": pythonpath}
+    result = subprocess.run(
+        [sys.executable, "-m", "fedtune.cli", mode, str(path), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return Path(raw["output"]["dir"])
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir: Path, toy_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same tiny scenario under `fedtune run` and `fedtune deploy` (TLS + node auth),
     the deployment with every .csv/.jsonl opened by any of its processes logged."""
     tmp = tmp_path_factory.mktemp("deploy")
-    audit = tmp / "audit"
-    audit.mkdir()
-    (audit / "sitecustomize.py").write_text(AUDIT)
-    out = {}
+    out = {"audit": tmp / "audit", "source": toy_csv.resolve()}
     for mode in ("run", "deploy"):
-        path = tmp / f"{mode}.yaml"
-        path.write_text(yaml.safe_dump(tiny_raw(tiny_model_dir, toy_csv, tmp / mode)))
-        env = None
-        if mode == "deploy":
-            env = {
-                **os.environ,
-                "FEDTUNE_AUDIT_DIR": str(audit),
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(audit), os.environ.get("PYTHONPATH")) if p
-                ),
-            }
-        result = subprocess.run(
-            [sys.executable, "-m", "fedtune.cli", mode, str(path), "--quiet"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
-        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-        out[mode] = tmp / mode
-    out["audit"] = audit
-    out["source"] = toy_csv.resolve()
+        audit = out["audit"] if mode == "deploy" else None
+        out[mode] = _run_audited(mode, tiny_raw(tiny_model_dir, toy_csv, tmp / mode), tmp, audit)
     return out
 
 
@@ -131,22 +130,48 @@ def test_parity_with_simulation(runs: dict) -> None:
     assert dep[-1]["loss"] < dep[0]["loss"]
 
 
-def test_each_node_reads_only_its_own_file(runs: dict) -> None:
-    """Every .csv/.jsonl a process opened, by the FLWR_HOME it runs under: a node's
-    processes (SuperNode and its ClientApps) open only that node's data.jsonl."""
-    nodes = runs["deploy"] / "nodes"
+def opened_files(audit: Path) -> dict[str, set[str]]:
+    """The .csv/.jsonl files each FLWR_HOME's processes opened to read."""
     opened: dict[str, set[str]] = {}
-    for log in runs["audit"].glob("*.log"):
+    for log in audit.glob("*.log"):
         for line in log.read_text().splitlines():
             entry = json.loads(line)
             opened.setdefault(entry["home"], set()).add(entry["path"])
-    for pid in (0, 1):
+    return opened
+
+
+def check_each_node_reads_only_its_own_file(run_dir: Path, audit: Path, source: Path) -> None:
+    nodes = run_dir / "nodes"
+    opened = opened_files(audit)
+    pids = sorted(int(p.name.split("-")[1]) for p in nodes.iterdir())
+    for pid in pids:
         home = str(nodes / f"node-{pid}" / "flwr-home")
         assert opened.get(home) == {str(nodes / f"node-{pid}" / "data.jsonl")}, opened
-    node_files = {str(nodes / f"node-{pid}" / "data.jsonl") for pid in (0, 1)}
+    node_files = {str(nodes / f"node-{pid}" / "data.jsonl") for pid in pids}
     server_side = set().union(*(v for k, v in opened.items() if "/nodes/" not in k))
-    assert str(runs["source"]) in server_side, "the server read the scenario's data"
+    assert str(source) in server_side, "the server read the scenario's data"
     assert not server_side & node_files, "the server side never reads a node's file"
+
+
+def test_each_node_reads_only_its_own_file(runs: dict) -> None:
+    """Every .csv/.jsonl a process opened, by the FLWR_HOME it runs under: a node's
+    processes (SuperNode and its ClientApps) open only that node's data.jsonl."""
+    check_each_node_reads_only_its_own_file(runs["deploy"], runs["audit"], runs["source"])
+
+
+def test_with_secagg_each_node_reads_only_its_own_file(
+    tiny_model_dir: Path, toy_csv: Path, tmp_path: Path
+) -> None:
+    """SecAgg+ train messages carry the federation's label names too: a deployed node
+    never falls back to reading the scenario's data (3 nodes: SecAgg+ needs 3 shares)."""
+    raw = tiny_raw(tiny_model_dir, toy_csv, tmp_path / "secagg")
+    raw["partition"]["num_clients"] = 3
+    raw["federation"] = {"rounds": 1}
+    raw["privacy"] = {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}
+    run_dir = _run_audited("deploy", raw, tmp_path, tmp_path / "audit")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_aggregated"] == 1 and summary["privacy"]["secagg"]
+    check_each_node_reads_only_its_own_file(run_dir, tmp_path / "audit", toy_csv.resolve())
 
 
 @pytest.fixture

@@ -138,7 +138,9 @@ def test_peft_trains_only_adapters_and_head_and_exports_merged(make_scenario, me
 
 def test_lora_int8_reply_holds_only_packed_adapters_and_head(make_scenario, task_identity) -> None:
     scenario = make_scenario(
-        model={"peft": {"method": "lora", "rank": 4}}, codec={"kind": "int8", "block_size": 64}
+        model={"peft": {"method": "lora", "rank": 4}},
+        codec={"kind": "int8", "block_size": 64},
+        federation={"min_train_nodes": 1},  # the one reply below is enough
     )
     fed = build_federated_data(scenario)
     model = load_model(scenario.model.name, fed.label_names, scenario.seed, scenario.model.peft)

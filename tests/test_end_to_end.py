@@ -50,7 +50,14 @@ def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> Non
     for line in out["lines"][1:]:
         assert sorted(c["partition-id"] for c in line["clients"]["train"]) == [0, 1]
         assert sorted(c["partition-id"] for c in line["clients"]["evaluate"]) == [0, 1]
-        assert 0.0 <= line["federated_evaluate"]["eval_accuracy"] <= 1.0
+        evaluated = line["clients"]["evaluate"]
+        weighted = sum(c["eval_accuracy"] * c["num-examples"] for c in evaluated)
+        weighted /= sum(c["num-examples"] for c in evaluated)
+        assert line["federated_evaluate"]["eval_accuracy"] == pytest.approx(weighted)
+        trained = line["clients"]["train"]
+        loss = sum(c["train_loss"] * c["num-examples"] for c in trained)
+        loss /= sum(c["num-examples"] for c in trained)
+        assert line["federated_train"]["train_loss"] == pytest.approx(loss)
         assert "per_class" in line["central"]
     labels = set(
         AutoModelForSequenceClassification.from_pretrained(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
@@ -15,9 +16,16 @@ from opacus.accountants import RDPAccountant
 from fedtune.attacks import malicious_clients, poison
 from fedtune.client import build_client_app
 from fedtune.config import AttackConfig, ScenarioError, ValidationConfig
-from fedtune.data import build_federated_data
+from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
 from fedtune.metrics import fairness_metrics
-from fedtune.model import from_record, load_model, to_record, trainable_weights
+from fedtune.model import (
+    from_record,
+    load_model,
+    load_tokenizer,
+    load_weights,
+    to_record,
+    trainable_weights,
+)
 from fedtune.strategies.deltas import DeltaUpdates, update_norm
 from fedtune.strategies.factory import build_strategy
 from fedtune.strategies.privacy import privacy_spent
@@ -230,15 +238,28 @@ def test_malicious_clients_are_a_seeded_fraction(make_scenario) -> None:
 
 
 def test_label_flip_client_learns_the_wrong_labels(make_scenario, task_identity) -> None:
-    honest = make_scenario(training={"local_epochs": 3})
+    honest = make_scenario(training={"local_epochs": 10})
     flipped = make_scenario(
-        training={"local_epochs": 3}, attack={"kind": "label_flip", "fraction": 1.0}
+        training={"local_epochs": 10}, attack={"kind": "label_flip", "fraction": 1.0}
     )
     fed = build_federated_data(honest)
     glob = trainable_weights(load_model(honest.model.name, fed.label_names, honest.seed))
-    a = from_record(_train(build_client_app(honest), glob, _context()).content["arrays"])
-    b = from_record(_train(build_client_app(flipped), glob, _context()).content["arrays"])
-    assert not np.allclose(a["classifier.bias"], b["classifier.bias"])
+    shard = client_splits(fed, 0, honest.data.val_size, honest.seed)[0]
+    tokenizer = load_tokenizer(honest.model.name)
+    labels = np.asarray(shard["label"])
+    shifted = (labels + 1) % len(fed.label_names)
+    for scenario, agrees_with in ((honest, labels), (flipped, shifted)):
+        reply = _train(build_client_app(scenario), glob, _context())
+        update = from_record(reply.content["arrays"])
+        model = load_model(honest.model.name, fed.label_names, honest.seed)
+        load_weights(model, {name: glob[name] + update[name] for name in update})
+        loader = make_loader(tokenize(shard, tokenizer, 32), tokenizer, 64)
+        with torch.no_grad():
+            predicted = np.concatenate(
+                [model(**batch).logits.argmax(-1).numpy() for batch in loader]
+            )
+        other = shifted if agrees_with is labels else labels
+        assert np.mean(predicted == agrees_with) > 0.6 and np.mean(predicted == other) < 0.4
 
 
 def test_sign_flip_stalls_fedavg_not_robust_strategies(make_scenario, run_local) -> None:
@@ -288,7 +309,9 @@ def test_dp_run_writes_epsilon_and_fairness(make_scenario, run_local) -> None:
     assert summary["privacy"]["delta"] == 1e-5
     fairness = summary["fairness"]
     assert set(fairness["per_class_f1"]) == {"negative", "neutral", "positive"}
-    assert 0 <= fairness["min_client_accuracy"] <= fairness["max_client_accuracy"] <= 1
+    final = [c["eval_accuracy"] for c in lines[-1]["clients"]["evaluate"]]
+    assert fairness["min_client_accuracy"] == min(final)
+    assert fairness["max_client_accuracy"] == max(final)
     assert summary["rejected_updates"] == 0
     assert Path(summary["run_dir"], "figures", "epsilon.png").is_file()
 

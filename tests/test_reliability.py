@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from fedtune.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedtune.cli import main
+from fedtune.config import Scenario
 
 
 def write_yaml(path: Path, raw: dict) -> Path:
@@ -342,7 +343,8 @@ def test_resume_survives_a_kill_between_the_checkpoint_renames(tmp_path: Path) -
     """save_dir_atomic moves the old checkpoint aside, then renames the new one in; a kill
     between the two leaves only `.checkpoint.old`, which load_checkpoint then uses."""
     weights = {"w": np.arange(3, dtype=np.float32)}
-    save_checkpoint(tmp_path, 2, weights, FedAvg(), {"history": [], "lines": [], "totals": {}})
+    record = {"history": [], "lines": [], "totals": {}}
+    save_checkpoint(tmp_path, 2, weights, FedAvg(), record, Scenario())
     (tmp_path / "checkpoint").rename(tmp_path / ".checkpoint.old")
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint.server_round == 2
