@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from fedtune.client import build_client_app
+from fedtune.client import ClientError, build_client_app
 from fedtune.config import scenario_from_dict
 from fedtune.server import run_server
 
@@ -172,7 +172,7 @@ class LocalGrid(Grid):
             else:
                 try:
                     reply = self.app(arrived, self.contexts[node])
-                except Exception as exc:  # noqa: BLE001 - the runtime turns it into an error reply
+                except ClientError as exc:  # a handler failed: the runtime replies with an error
                     reply = Message(Error(code=0, reason=str(exc)), reply_to=arrived)
             self._replies[msg.metadata.message_id] = copy.deepcopy(reply)
         return ids

@@ -13,6 +13,7 @@ from fedtune.config import TrainingConfig
 from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
 from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
 from fedtune.strategies.deltas import DeltaUpdates
+from fedtune.strategies.factory import aggregate_client_metrics
 from fedtune.train import train_steps
 
 SHAPES = {"encoder.w": (4, 3), "encoder.b": (3,), "head": (2, 3)}
@@ -178,3 +179,14 @@ def test_train_steps_counts_examples_and_learns(make_scenario, accum: int) -> No
     assert first.num_examples == len(data)
     assert later.num_examples == 3 * len(data)
     assert later.mean_loss < first.mean_loss
+
+
+def test_client_metrics_are_averaged_by_the_strategys_weighting_key() -> None:
+    records = [
+        RecordDict({"metrics": MetricRecord({"num-examples": n, "uniform-weight": 1, "loss": v})})
+        for n, v in ((10, 1.0), (30, 2.0))
+    ]
+    by_examples = aggregate_client_metrics(records, "num-examples")
+    assert by_examples["loss"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)
+    uniform = aggregate_client_metrics(records, "uniform-weight")  # client-level DP
+    assert uniform["loss"] == pytest.approx(1.5) and uniform["num-examples"] == 20

@@ -326,3 +326,28 @@ def test_fairness_metrics_summarise_the_clients() -> None:
     assert fairness["min_client_accuracy"] == 0.2 and fairness["max_client_accuracy"] == 0.9
     assert fairness["worst10_client_accuracy"] == pytest.approx((0.2 + 0.5) / 2)
     assert fairness["std_client_accuracy"] == pytest.approx(np.std(accuracies))
+
+
+def test_dp_keeps_the_global_model_when_too_few_updates_are_accepted(
+    make_scenario, run_local
+) -> None:
+    """Under client-level DP the strategy is Flower's DP wrapper: the too-few-updates guard
+    still holds (min_train_nodes reaches DeltaUpdates itself, not through the wrapper). One
+    of 4 clients sends a 1000x update, which validation rejects: 3 remain."""
+    summaries = {}
+    for needed in (4, 3):
+        scenario = make_scenario(
+            partition={"num_clients": 4},
+            federation={"rounds": 2, "min_train_nodes": needed},
+            attack={"kind": "scale", "fraction": 0.25, "scale": 1000.0},
+            data={"val_size": 0.0},
+            privacy={"dp": {"enabled": True, "adaptive": True, "noise_multiplier": 0.1}},
+            output={"save_model": False, "tensorboard": False},
+        )
+        summaries[needed] = run_local(scenario, name=f"needs-{needed}")
+    kept, aggregated = summaries[4], summaries[3]
+    assert kept["rejected_updates"] == aggregated["rejected_updates"] == 2
+    assert kept["rounds_aggregated"] == 0
+    assert {h["loss"] for h in kept["history"]} == {kept["history"][0]["loss"]}
+    assert aggregated["rounds_aggregated"] == 2
+    assert aggregated["history"][-1]["loss"] != aggregated["history"][0]["loss"]

