@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     pred = sub.add_parser("predict", help="label texts with a saved model (label, probability)")
     pred.add_argument("model_dir")
     pred.add_argument("texts", nargs="*")
-    pred.add_argument("--file", help="a UTF-8 file of texts, one per line (empty lines skipped)")
+    pred.add_argument("--file", help="a UTF-8 file of texts, one per line (blank lines skipped)")
     serve = sub.add_parser("serve", help="serve a saved model over HTTP (POST /predict)")
     serve.add_argument("model_dir")
     serve.add_argument("--host", default="127.0.0.1")
@@ -198,7 +198,8 @@ def _check_text_file(name: str) -> Path:
 
 
 def _file_texts(path: Path) -> Iterator[str]:
-    """The non-empty lines of a UTF-8 file, one at a time, each at most MAX_TEXT_CHARS."""
+    """The lines of a UTF-8 file that are not blank, one at a time, each cut to
+    MAX_TEXT_CHARS characters."""
     with path.open(encoding="utf-8", newline=None) as handle:
         while line := handle.readline(MAX_TEXT_CHARS):
             if not line.endswith("\n"):  # cut: skip the rest of this line
@@ -206,7 +207,7 @@ def _file_texts(path: Path) -> Iterator[str]:
                 while rest and not rest.endswith("\n"):
                     rest = handle.readline(MAX_TEXT_CHARS)
             text = line.rstrip("\r\n")
-            if text:
+            if text.strip():
                 yield text
 
 

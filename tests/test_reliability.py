@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,22 @@ def bad_input_cases(tmp: Path, base: dict, tiny_model_dir: Path) -> list[tuple]:
     (tmp / "not-a-model").mkdir()
     (tmp / "held").mkdir()
     (tmp / "held" / "summary.json").write_text("{}")
+    (tmp / "broken-run").mkdir()
+    (tmp / "broken-run" / "scenario.json").write_text('{"seed": 1, "data": {')
+    (tmp / "user" / "model").mkdir(parents=True)
+    (tmp / "user" / "model" / "my_weights.bin").write_bytes(b"weights")
+    (tmp / "user" / "notes.txt").write_text("notes")
+    (tmp / "a-file.txt").write_text("mine")
+    (tmp / "a-dir.csv").mkdir()
+    mixed = tmp / "mixed.jsonl"
+    mixed.write_text(
+        "".join(
+            json.dumps({"message": f"text {i}", "sentiment": i % 2 if i % 3 else "pos"}) + "\n"
+            for i in range(20)
+        )
+    )
+    laughs = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     data = base["data"]
     return [
         ("malformed yaml", "federation: [1, 2\n", [], "malformed YAML"),
@@ -185,6 +202,93 @@ def bad_input_cases(tmp: Path, base: dict, tiny_model_dir: Path) -> list[tuple]:
         ),
         ("output holds a run", {"output": {"dir": str(tmp / "held")}}, [], "already holds a run"),
         (
+            "output holds the user's files",
+            {"output": {"dir": str(tmp / "user")}},
+            [],
+            "is not empty and not a fedtune run directory",
+        ),
+        (
+            "--output names the user's directory",
+            {},
+            ["--output", str(tmp / "user")],
+            f"--output '{tmp / 'user'}' is not empty and not a fedtune run directory",
+        ),
+        (
+            "--output names a file",
+            {},
+            ["--output", str(tmp / "a-file.txt")],
+            "is a file, not a directory",
+        ),
+        (
+            "--output below a file",
+            {},
+            ["--output", str(tmp / "a-file.txt" / "run")],
+            "cannot be created",
+        ),
+        (
+            "resume of a corrupted scenario.json",
+            None,
+            ["--resume", str(tmp / "broken-run")],
+            "scenario.json: malformed YAML",
+        ),
+        (
+            "negative seed",
+            {"seed": -1},
+            [],
+            "seed: Input should be greater than or equal to 0 (got -1)",
+        ),
+        ("seed beyond numpy", {"seed": 2**33}, [], "seed: Input should be less than or equal to"),
+        (
+            "strategy parameter of the wrong type",
+            {"federation": {"strategy": "fedprox", "strategy_params": {"proximal_mu": "abc"}}},
+            [],
+            "federation.strategy_params: proximal_mu: Input should be a valid number",
+        ),
+        (
+            "unknown strategy parameter",
+            {"federation": {"strategy_params": {"proximal_mu": 0.1}}},
+            [],
+            "proximal_mu: not a parameter of fedavg",
+        ),
+        (
+            "strategy parameter fedtune sets",
+            {"federation": {"strategy_params": {"min_available_nodes": 1}}},
+            [],
+            "set by fedtune itself",
+        ),
+        (
+            "explicit min_train_nodes > clients",
+            {"federation": {"min_train_nodes": 3}},
+            [],
+            "federation.min_train_nodes=3 exceeds partition.num_clients=2",
+        ),
+        (
+            "billion laughs",
+            "\n".join(laughs) + "\ndescription: *a8\n",
+            [],
+            "expands to more than 10000 values",
+        ),
+        ("huge scenario file", "description: " + "x" * 300_000 + "\n", [], "larger than 256 KiB"),
+        ("--set into a value", {}, ["--set", "seed.x=1"], "'seed' is not a section"),
+        (
+            "mixed label types",
+            {"data": {**data, "source": str(mixed)}},
+            [],
+            "data.label_column 'sentiment': needs all strings or all integers, found values of mixed types",
+        ),
+        (
+            "text and label in one column",
+            {"data": {**data, "label_column": data["text_column"]}},
+            [],
+            "data.text_column and data.label_column are both 'message'",
+        ),
+        (
+            "data source is a directory",
+            {"data": {**data, "source": str(tmp / "a-dir.csv")}},
+            [],
+            "a directory, not a data file",
+        ),
+        (
             "resume without checkpoint",
             None,
             ["--resume", str(tmp / "held")],
@@ -214,8 +318,178 @@ def test_bad_input_table(make_scenario, tiny_model_dir: Path, tmp_path: Path, ca
         assert code == 2, name
         assert len(err) == 1 and message in err[0], (name, err)
         assert err[0].startswith("fedtune: error: "), name
+        assert len(err[0]) < 400, f"{name}: the message repeats too much of the input"
         assert not out.exists(), f"{name}: partial output left behind"
         assert sorted(p.name for p in (tmp_path / "held").iterdir()) == held_before, name
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "user").rglob("*")) == [
+        "user/model",
+        "user/model/my_weights.bin",
+        "user/notes.txt",
+    ]
+    assert (tmp_path / "a-file.txt").read_text() == "mine"
+
+
+def bad_command_cases(tmp: Path, model_dir: Path) -> list[tuple[str, list[str], str]]:
+    """(name, fedtune arguments, expected message) rows for every command but run."""
+    from transformers import BertConfig, BertModel
+
+    encoder = tmp / "encoder"  # a BERT without a classification head
+    BertModel(BertConfig.from_pretrained(model_dir)).save_pretrained(encoder)
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (model_dir / name).exists():
+            (encoder / name).write_bytes((model_dir / name).read_bytes())
+    (tmp / "broken-model").mkdir()
+    (tmp / "broken-model" / "config.json").write_text("{")
+    (tmp / "file.txt").write_text("hello\n")
+    (tmp / "latin.txt").write_bytes("café\n".encode("latin-1"))
+    (tmp / "blank.txt").write_text("\n\n  \n")
+    (tmp / "certs").mkdir()
+    (tmp / "certs" / "ca.key").write_text("the user's own CA key")
+    (tmp / "shards" / "node-0").mkdir(parents=True)
+    (tmp / "shards" / "node-0" / "data.jsonl").write_text("{}\n")
+    (tmp / "not-a-run").mkdir()
+    (tmp / "damaged-run").mkdir()
+    (tmp / "damaged-run" / "summary.json").write_text("{}")
+    (tmp / "damaged-run" / "metrics.jsonl").write_text("{not json\n")
+    (tmp / "hollow-run").mkdir()
+    (tmp / "hollow-run" / "summary.json").write_text("{}")
+    (tmp / "hollow-run" / "metrics.jsonl").write_text("{}\n")
+    model, f = str(model_dir), str(tmp / "file.txt")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
+    return [
+        ("no command", [], "the following arguments are required: command"),
+        ("unknown command", ["fly"], "invalid choice: 'fly'"),
+        (
+            "certs --nodes -1",
+            ["certs", str(tmp / "c1"), "--nodes", "-1"],
+            "--nodes: must be between 0",
+        ),
+        (
+            "certs --nodes abc",
+            ["certs", str(tmp / "c2"), "--nodes", "abc"],
+            "--nodes: not an integer: 'abc'",
+        ),
+        (
+            "certs --nodes huge",
+            ["certs", str(tmp / "c3"), "--nodes", "10000000"],
+            "must be between 0 and 10000",
+        ),
+        ("certs into a file", ["certs", f], "a file, not a directory"),
+        (
+            "certs over existing keys",
+            ["certs", str(tmp / "certs")],
+            "already holds ca.key; fedtune never overwrites keys",
+        ),
+        (
+            "certs --name with a space",
+            ["certs", str(tmp / "c4"), "--name", "a b"],
+            "--name 'a b': not a host name or IP address",
+        ),
+        (
+            "serve --port 99999",
+            ["serve", model, "--port", "99999"],
+            "--port: not a TCP port (1-65535): 99999",
+        ),
+        ("serve --port abc", ["serve", model, "--port", "abc"], "--port: not a port number: 'abc'"),
+        (
+            "serve --host unknown",
+            ["serve", model, "--host", "no-such-host.invalid"],
+            "--host 'no-such-host.invalid': cannot resolve",
+        ),
+        (
+            "serve an encoder",
+            ["serve", str(encoder), "--port", str(free_port)],
+            "no trained classification head",
+        ),
+        ("predict nothing", ["predict", model], "give texts as arguments or --file FILE"),
+        (
+            "predict missing --file",
+            ["predict", model, "--file", str(tmp / "none.txt")],
+            "no such file",
+        ),
+        (
+            "predict --file a directory",
+            ["predict", model, "--file", str(tmp)],
+            "a directory, not a file of texts",
+        ),
+        (
+            "predict --file not UTF-8",
+            ["predict", model, "--file", str(tmp / "latin.txt")],
+            "not UTF-8 text (byte 3)",
+        ),
+        (
+            "predict --file of blank lines",
+            ["predict", model, "--file", str(tmp / "blank.txt")],
+            "no texts (every line is empty)",
+        ),
+        (
+            "predict with a non-model",
+            ["predict", str(tmp / "not-a-run"), "hi"],
+            "is not a model directory",
+        ),
+        (
+            "predict with a broken model",
+            ["predict", str(tmp / "broken-model"), "hi"],
+            "cannot load the model",
+        ),
+        (
+            "predict with an encoder",
+            ["predict", str(encoder), "hi"],
+            "has no trained classification head",
+        ),
+        ("report of a file", ["report", f], "a file, not a run directory"),
+        ("report of a missing dir", ["report", str(tmp / "nowhere")], "no such directory"),
+        (
+            "report of a non-run",
+            ["report", str(tmp / "not-a-run")],
+            "not a fedtune run (no summary.json)",
+        ),
+        (
+            "report of a damaged run",
+            ["report", str(tmp / "damaged-run")],
+            "metrics.jsonl is damaged",
+        ),
+        (
+            "report of a hollow run",
+            ["report", str(tmp / "hollow-run")],
+            "incomplete or damaged run files",
+        ),
+        ("compare a file", ["compare", f], "a file, not a run directory"),
+        ("compare into a file", ["compare", str(tmp / "hollow-run"), "--output", f], "--output"),
+        ("shards into a file", ["shards", "quickstart", f], "a file, not a directory"),
+        (
+            "shards over a shard",
+            ["shards", "quickstart", str(tmp / "shards")],
+            "node-0/data.jsonl: already exists",
+        ),
+        (
+            "shards of a bad scenario",
+            ["shards", "quickstart", str(tmp / "s"), "--set", "seed=-1"],
+            "seed: Input should be",
+        ),
+        ("centralized without scenario", ["centralized"], "give a SCENARIO"),
+        (
+            "deploy --output a file",
+            ["deploy", "quickstart", "--output", f],
+            "is a file, not a directory",
+        ),
+    ]
+
+
+def test_bad_command_table(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    cases = bad_command_cases(tmp_path, tiny_model_dir)
+    assert len(cases) >= 30
+    for name, argv, message in cases:
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (name, err)
+        assert len(err) == 1 and message in err[0], (name, err)
+        assert err[0].startswith("fedtune: error: "), name
+    assert (tmp_path / "certs" / "ca.key").read_text() == "the user's own CA key"
+    assert (tmp_path / "shards" / "node-0" / "data.jsonl").read_text() == "{}\n"
+    assert (tmp_path / "file.txt").read_text() == "hello\n"
 
 
 def fedtune_run(*args: str, **kwargs) -> subprocess.CompletedProcess:

