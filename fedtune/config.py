@@ -32,6 +32,9 @@ MAX_SCENARIO_BYTES = 256 * 1024
 MAX_YAML_NODES = 10_000
 """Most YAML nodes a scenario file or `--set` value may expand to, aliases included."""
 MAX_SEED = 2**31 - 1
+MAX_WAIT_SECONDS = 30 * 24 * 3600.0
+"""Longest timeout or delay a scenario may ask for (30 days; Python's waits overflow past
+about 292 years, and a round that long is a typo)."""
 
 
 class ScenarioError(FedtuneError, ValueError):
@@ -41,7 +44,9 @@ class ScenarioError(FedtuneError, ValueError):
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=True, allow_inf_nan=False
+    )
 
 
 def registered(module: str, registry: str, *extra: str) -> AfterValidator:
@@ -145,7 +150,7 @@ class FederationConfig(Section):
     more than the clients `fraction_evaluate` samples (0 when it is 0)."""
     min_available_nodes: int | None = Field(None, ge=1)
     """Nodes the server waits for before the first round. null: all `partition.num_clients`."""
-    round_timeout: float = Field(3600.0, gt=0.0)
+    round_timeout: float = Field(3600.0, gt=0.0, le=MAX_WAIT_SECONDS)
     client_resources: ClientResources = ClientResources()
 
     @field_validator("strategy")
@@ -319,8 +324,11 @@ class FaultsConfig(Section):
     @model_validator(mode="after")
     def _delay_range(self) -> FaultsConfig:
         low, high = self.straggler_delay
-        if not 0.0 <= low <= high:
-            raise ValueError("faults.straggler_delay must be [low, high] with 0 <= low <= high")
+        if not 0.0 <= low <= high <= MAX_WAIT_SECONDS:
+            raise ValueError(
+                "faults.straggler_delay must be [low, high] with 0 <= low <= high <= "
+                f"{MAX_WAIT_SECONDS:.0f}"
+            )
         return self
 
 
@@ -389,7 +397,7 @@ class SecAggConfig(Section):
     typically below 0.1, and the quantization step is 2 * clipping_range / quantization_range."""
     quantization_range: int = Field(2**22, ge=2**8, lt=2**32)
     """Integer levels of the quantized updates (the masks work modulo 2**32)."""
-    timeout: float | None = Field(None, gt=0.0)
+    timeout: float | None = Field(None, gt=0.0, le=MAX_WAIT_SECONDS)
     """Seconds each of the four protocol stages waits for replies; default
     federation.round_timeout."""
 
@@ -456,6 +464,7 @@ class Scenario(Section):
     """One experiment: everything a run needs, validated."""
 
     name: str = "scenario"
+    """Names run directories (`runs/<name>-<time>`): 1-100 characters, no path separators."""
     description: str = ""
     seed: int = Field(42, ge=0, le=MAX_SEED)
     """Seeds numpy (which takes 0 <= seed < 2**32), torch and Python's RNG; seeds derived
@@ -471,6 +480,17 @@ class Scenario(Section):
     validation: ValidationConfig = ValidationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_path(cls, name: str) -> str:
+        bad = any(c in "/\\" or ord(c) < 32 for c in name) or name.strip(".") == ""
+        if bad or len(name) > 100:
+            raise ValueError(
+                f"name {_short(name)} names run directories: 1-100 characters, no '/', '\\' "
+                "or control characters, not '.' or '..'"
+            )
+        return name
 
     @property
     def nodes(self) -> FederationNodes:

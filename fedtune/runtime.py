@@ -23,8 +23,9 @@ from flwr.simulation import run_simulation
 
 from fedtune.checkpoint import load_checkpoint
 from fedtune.client import build_client_app
-from fedtune.config import Scenario, check_output_dir
+from fedtune.config import Scenario, ScenarioError, check_output_dir
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
+from fedtune.errors import FedtuneError
 from fedtune.model import check_model
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.server import GlobalModel, build_server_app, seed_everything
@@ -69,6 +70,37 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports
 
 
+class SimulationError(FedtuneError):
+    """The simulation engine stopped with an error of its own (not a client's)."""
+
+    exit_code = 1
+
+
+def check_resources(scenario: Scenario) -> None:
+    """Fail before Ray starts when not one client fits this machine: Flower would stop with
+    "ActorPool is empty" and a traceback (Ray counts CPUs as below, GPUs as CUDA does)."""
+    resources = scenario.federation.client_resources
+    key = "federation.client_resources"
+    try:
+        from ray._private.utils import get_num_cpus
+
+        cpus = float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - Ray internals moved: count as the OS does
+        cpus = float(os.cpu_count() or 1)
+    if resources.num_cpus > cpus:
+        raise ScenarioError(
+            f"{key}.num_cpus={resources.num_cpus:g}: this machine has {cpus:g} CPUs for clients"
+        )
+    if resources.num_gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if resources.num_gpus > gpus:
+            raise ScenarioError(
+                f"{key}.num_gpus={resources.num_gpus:g}: this machine has {gpus} GPUs"
+            )
+
+
 def check_inputs(scenario: Scenario) -> None:
     """Fail before any process starts: data loads, every shard is usable, model loads."""
     fed = federated_data(scenario)
@@ -82,12 +114,16 @@ def run_federated(
 ) -> dict:
     """Simulate the federation: one Ray actor process per concurrently training client.
     With `resume`, continue the run in `output.dir` from its last complete round."""
+    check_resources(scenario)
     check_inputs(scenario)
     if resume:
         run_dir = default_run_dir(scenario)
-        load_checkpoint(run_dir)  # fail now, not in the server thread
+        load_checkpoint(run_dir).check_scenario(scenario)  # fail now, not in the server thread
     else:
         run_dir = prepare_run_dir(scenario, "")
+    # The nodes keep their own state under the run directory: they must know where it is.
+    output = scenario.output.model_copy(update={"dir": str(run_dir)})
+    scenario = scenario.model_copy(update={"output": output})
     resources = scenario.federation.client_resources
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO)  # all of it into run.log ...
@@ -110,7 +146,7 @@ def run_federated(
     )
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
-        raise RuntimeError(
+        raise SimulationError(
             f"the simulation ended without writing {summary_path}; see the log above"
         )
     return json.loads(summary_path.read_text())
@@ -177,7 +213,18 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if failure:
-        raise failure[0]
+        exc = failure[0]
+        if isinstance(exc, FedtuneError):
+            raise exc
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        detail = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        log_file = run_dir / "run.log"
+        where = f"; see {log_file}" if log_file.exists() else ""
+        raise SimulationError(
+            f"the simulation stopped: {type(cause).__name__}: {detail}{where}"
+        ) from exc
 
 
 class _NoSigtermNotice(logging.Filter):

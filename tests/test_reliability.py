@@ -283,6 +283,30 @@ def bad_input_cases(tmp: Path, base: dict, tiny_model_dir: Path) -> list[tuple]:
             "data.text_column and data.label_column are both 'message'",
         ),
         (
+            "name that is a path",
+            {"name": "../../elsewhere"},
+            [],
+            "name: name '../../elsewhere' names run directories",
+        ),
+        (
+            "infinite round timeout",
+            {"federation": {"round_timeout": float("inf")}},
+            [],
+            "federation.round_timeout: Input should be a finite number",
+        ),
+        (
+            "more CPUs per client than the machine has",
+            {"federation": {"client_resources": {"num_cpus": 10_000}}},
+            [],
+            "federation.client_resources.num_cpus=10000: this machine has",
+        ),
+        (
+            "more GPUs per client than the machine has",
+            {"federation": {"client_resources": {"num_gpus": 1000}}},
+            [],
+            "federation.client_resources.num_gpus=1000: this machine has",
+        ),
+        (
             "data source is a directory",
             {"data": {**data, "source": str(tmp / "a-dir.csv")}},
             [],
