@@ -38,6 +38,8 @@ MAX_TEXT_CHARS = 100_000
 """`predict --file`: a longer line is cut to this many characters (the model reads only its
 first `max_length` tokens anyway)."""
 PREDICT_BATCH = 32
+COMPARE_FILES = ("compare.md", "compare.html", "compare.png")
+"""What `fedtune compare` writes; it never replaces one that is already there."""
 
 
 class UsageError(FedtuneError):
@@ -458,6 +460,9 @@ def _compare(args: argparse.Namespace) -> int:
     out = Path(args.output or f"runs/compare-{stamp}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {args.output}: a file, not a directory")
+    for name in COMPARE_FILES:
+        if (out / name).exists():
+            raise UsageError(f"{out / name}: already exists; choose another --output")
     from fedtune import report
 
     return _report_call(lambda: report.compare(run_dirs, out), str(out))

@@ -372,6 +372,8 @@ def bad_command_cases(tmp: Path, model_dir: Path) -> list[tuple[str, list[str], 
     (tmp / "shards" / "node-0").mkdir(parents=True)
     (tmp / "shards" / "node-0" / "data.jsonl").write_text("{}\n")
     (tmp / "not-a-run").mkdir()
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "compare.md").write_text("my notes")
     (tmp / "damaged-run").mkdir()
     (tmp / "damaged-run" / "summary.json").write_text("{}")
     (tmp / "damaged-run" / "metrics.jsonl").write_text("{not json\n")
@@ -482,6 +484,11 @@ def bad_command_cases(tmp: Path, model_dir: Path) -> list[tuple[str, list[str], 
         ),
         ("compare a file", ["compare", f], "a file, not a run directory"),
         ("compare into a file", ["compare", str(tmp / "hollow-run"), "--output", f], "--output"),
+        (
+            "compare over the user's compare.md",
+            ["compare", str(tmp / "hollow-run"), "--output", str(tmp / "mine")],
+            "compare.md: already exists",
+        ),
         ("shards into a file", ["shards", "quickstart", f], "a file, not a directory"),
         (
             "shards over a shard",
@@ -514,6 +521,7 @@ def test_bad_command_table(tiny_model_dir: Path, tmp_path: Path, capsys) -> None
     assert (tmp_path / "certs" / "ca.key").read_text() == "the user's own CA key"
     assert (tmp_path / "shards" / "node-0" / "data.jsonl").read_text() == "{}\n"
     assert (tmp_path / "file.txt").read_text() == "hello\n"
+    assert (tmp_path / "mine" / "compare.md").read_text() == "my notes"
 
 
 def fedtune_run(*args: str, **kwargs) -> subprocess.CompletedProcess:
