@@ -420,9 +420,10 @@ def _readable_run(name: str) -> Path:
             raise RunDirArgError(f"{name}: not a fedtune run (no {file})")
         try:
             text = target.read_text(encoding="utf-8")
-            values = [json.loads(x) for x in text.splitlines() if x.strip()]
             if kind == "object":
                 values = [json.loads(text)]
+            else:
+                values = [json.loads(x) for x in text.splitlines() if x.strip()]
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
             raise RunDirArgError(f"{name}: {file} is damaged ({detail})") from None
