@@ -377,6 +377,9 @@ def bad_command_cases(tmp: Path, model_dir: Path) -> list[tuple[str, list[str], 
     (tmp / "damaged-run").mkdir()
     (tmp / "damaged-run" / "summary.json").write_text("{}")
     (tmp / "damaged-run" / "metrics.jsonl").write_text("{not json\n")
+    (tmp / "cut-run").mkdir()
+    (tmp / "cut-run" / "summary.json").write_text('{\n  "scenario": "tiny",\n  "final": {')
+    (tmp / "cut-run" / "metrics.jsonl").write_text("{}\n")
     (tmp / "hollow-run").mkdir()
     (tmp / "hollow-run" / "summary.json").write_text("{}")
     (tmp / "hollow-run" / "metrics.jsonl").write_text("{}\n")
@@ -476,6 +479,11 @@ def bad_command_cases(tmp: Path, model_dir: Path) -> list[tuple[str, list[str], 
             "report of a damaged run",
             ["report", str(tmp / "damaged-run")],
             "metrics.jsonl is damaged",
+        ),
+        (
+            "report of a cut summary.json",
+            ["report", str(tmp / "cut-run")],
+            "summary.json is damaged",
         ),
         (
             "report of a hollow run",
