@@ -178,6 +178,8 @@ def _check_text_file(name: str) -> Path:
         raise UsageError(f"--file {name!r}: no such file")
     if path.is_dir():
         raise UsageError(f"--file {name!r}: a directory, not a file of texts")
+    if not path.is_file():  # /dev/zero, a FIFO: no end to read to
+        raise UsageError(f"--file {name!r}: not a regular file")
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     try:

@@ -444,6 +444,11 @@ def bad_command_cases(tmp: Path, model_dir: Path) -> list[tuple[str, list[str], 
             "a directory, not a file of texts",
         ),
         (
+            "predict --file /dev/zero",
+            ["predict", model, "--file", "/dev/zero"],
+            "not a regular file",
+        ),
+        (
             "predict --file not UTF-8",
             ["predict", model, "--file", str(tmp / "latin.txt")],
             "not UTF-8 text (byte 3)",
