@@ -69,7 +69,9 @@ def fake_run(run_dir: Path, make_scenario, accuracies: list[float], epsilon: boo
                 "eval_loss": 1 - acc,
                 "eval_macro_f1": acc - 0.1,
             }
-            recorder.round_done(rnd, central, 1.5, federated if rnd else None)
+            if rnd:
+                recorder.aggregated("evaluate", federated)
+            recorder.round_done(rnd, central, 1.5)
             if epsilon:  # what a DP run adds to each line
                 lines = (run_dir / "metrics.jsonl").read_text().splitlines()
                 lines[-1] = json.dumps({**json.loads(lines[-1]), "epsilon": 0.5 * rnd})
