@@ -26,12 +26,11 @@ from typing import NoReturn
 from fedtune.config import (
     Scenario,
     ScenarioError,
-    check_output_dir,
-    holds_run,
     load_scenario,
     parse_override,
 )
 from fedtune.errors import FedtuneError
+from fedtune.run_dir import check_output_dir, holds_run
 
 MAX_CERT_NODES = 10_000
 MAX_TEXT_CHARS = 100_000

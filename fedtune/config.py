@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import inspect
-import os
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -16,7 +13,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -24,13 +20,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from fedtune.errors import FedtuneError
+from fedtune.bounded_yaml import YamlTooLarge, safe_load
+from fedtune.errors import FedtuneError, cut, short
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 MAX_SCENARIO_BYTES = 256 * 1024
 """Largest scenario file read (shipped ones are about 1.5 KB)."""
-MAX_YAML_NODES = 10_000
-"""Most YAML nodes a scenario file or `--set` value may expand to, aliases included."""
 MAX_SEED = 2**31 - 1
 MAX_WAIT_SECONDS = 30 * 24 * 3600.0
 """Longest timeout or delay a scenario may ask for (30 days; Python's waits overflow past
@@ -165,6 +160,8 @@ class FederationConfig(Section):
     @field_validator("strategy_params")
     @classmethod
     def _fit_strategy(cls, params: dict, info: ValidationInfo) -> dict:
+        from fedtune.strategies.params import check_strategy_params  # imports flwr
+
         name = info.data.get("strategy")
         return params if name is None else check_strategy_params(name, params)
 
@@ -202,80 +199,6 @@ class FederationNodes(NamedTuple):
     min_train_nodes: int
     min_evaluate_nodes: int
     min_available_nodes: int
-
-
-STRATEGY_OWN_PARAMS = {
-    "fraction_train": "federation.fraction_train",
-    "fraction_evaluate": "federation.fraction_evaluate",
-    "min_train_nodes": "federation.min_train_nodes",
-    "min_evaluate_nodes": "federation.min_evaluate_nodes",
-    "min_available_nodes": "federation.min_available_nodes",
-    "weighted_by_key": None,
-    "arrayrecord_key": None,
-    "configrecord_key": None,
-    "train_metrics_aggr_fn": None,
-    "evaluate_metrics_aggr_fn": None,
-    "train_loss_key": None,
-}
-"""Strategy constructor parameters fedtune sets itself (with the scenario key that sets
-them, where there is one): never settable in `federation.strategy_params`."""
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """`repr(value)`, cut to `limit` characters: error messages never repeat a huge input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def check_strategy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """`params` checked against the constructor of strategy `name` (names, and values by its
-    annotations in pydantic's lax mode); returns them converted (e.g. 1 -> 1.0 for a float).
-    Raise ValueError naming the first bad key."""
-    from fedtune.strategies import STRATEGIES
-
-    init = STRATEGIES[name].__init__
-    signature = inspect.signature(init)
-    try:
-        hints = typing.get_type_hints(init)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
-        hints = {}
-    settable = [
-        p
-        for p, param in signature.parameters.items()
-        if p != "self"
-        and p not in STRATEGY_OWN_PARAMS
-        and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
-        and not _is_callable(hints.get(p))
-    ]
-    checked = {}
-    for key, value in params.items():
-        if key in STRATEGY_OWN_PARAMS:
-            where = STRATEGY_OWN_PARAMS[key]
-            hint = f"; set {where} instead" if where else ""
-            raise ValueError(f"{key}: set by fedtune itself, not a strategy parameter{hint}")
-        if key not in settable:
-            known = ", ".join(settable) or "none"
-            raise ValueError(f"{key}: not a parameter of {name} (its parameters: {known})")
-        annotation = hints.get(key, Any)
-        try:
-            checked[key] = TypeAdapter(annotation).validate_python(value)
-        except ValidationError as err:
-            msg = err.errors()[0]["msg"]
-            kind = getattr(annotation, "__name__", str(annotation))
-            raise ValueError(
-                f"{key}: {msg} (got {_short(value)}; {name}'s {key} is a {kind})"
-            ) from None
-    return checked
-
-
-def _is_callable(annotation: Any) -> bool:
-    """Whether an annotation is (or includes) a Callable: not expressible in a scenario."""
-    if annotation is None:
-        return False
-    origin = typing.get_origin(annotation)
-    if origin is Callable:
-        return True
-    return any(_is_callable(arg) for arg in typing.get_args(annotation) if arg is not type(None))
 
 
 class TrainingConfig(Section):
@@ -487,7 +410,7 @@ class Scenario(Section):
         bad = any(c in "/\\" or ord(c) < 32 for c in name) or name.strip(".") == ""
         if bad or len(name) > 100:
             raise ValueError(
-                f"name {_short(name)} names run directories: 1-100 characters, no '/', '\\' "
+                f"name {short(name)} names run directories: 1-100 characters, no '/', '\\' "
                 "or control characters, not '.' or '..'"
             )
         return name
@@ -566,85 +489,26 @@ def _one_line(err: ValidationError, origin: str) -> str:
     """The first validation error as `origin: dotted.key: what (got input)`, on one line and
     short: the key's parts and the input are cut to 40 and 80 characters."""
     first = err.errors()[0]
-    key = ".".join(_cut(str(p), 40) for p in first["loc"])
+    key = ".".join(cut(str(p), 40) for p in first["loc"])
     msg = " ".join(first["msg"].removeprefix("Value error, ").split())
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first["type"] not in ("missing", "value_error"):
-        msg += f" (got {_short(first['input'])})"
+        msg += f" (got {short(first['input'])})"
     where = f"{origin}: {key}: " if key else f"{origin}: "
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{where}{msg}{more}"
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-class YamlTooLarge(yaml.YAMLError):
-    """A YAML document that expands past MAX_YAML_NODES nodes, or refers to itself."""
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
-    """Raise YamlTooLarge if `root` has more than `limit` nodes once every alias is expanded
-    (a few KB of nested aliases can stand for billions), or an alias inside its own anchor.
-    Counts each distinct node once, so this takes linear time whatever the expansion."""
-    expanded: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key = id(node)
-        if finished:
-            on_path.discard(key)
-            expanded[key] = 1 + sum(expanded[id(child)] for child in _children(node))
-            if expanded[key] > limit:
-                raise YamlTooLarge(
-                    f"expands to more than {limit} values (aliases of aliases?); refusing it"
-                )
-        elif key in on_path:
-            raise YamlTooLarge("an alias refers to the node that contains it")
-        elif key not in expanded:
-            on_path.add(key)
-            stack.append((node, True))
-            stack += [(child, False) for child in _children(node) if id(child) not in expanded]
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing documents that expand past MAX_YAML_NODES nodes before
-    anything is built from them."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        _check_expanded_size(node)
-        return super().construct_document(node)
-
-
-def safe_load(text: str) -> Any:
-    """`yaml.safe_load` with bounded alias expansion; YAMLError (YamlTooLarge included) for
-    anything it refuses, nesting too deep for the parser included."""
-    try:
-        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader subclass
-    except RecursionError:
-        raise yaml.YAMLError("nested too deeply") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     """`a.b=value` -> (`a.b`, YAML-parsed value; the raw text where it is not YAML)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ScenarioError(f"--set {_short(item)}: expected dotted.key=value")
+        raise ScenarioError(f"--set {short(item)}: expected dotted.key=value")
     try:
         value = safe_load(raw) if raw.strip() else None
     except YamlTooLarge as exc:
-        raise ScenarioError(f"--set {_cut(key.strip(), 40)}: {exc}") from None
+        raise ScenarioError(f"--set {cut(key.strip(), 40)}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -658,7 +522,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ScenarioError(f"--set {_cut(dotted, 80)}: {part!r} is not a section")
+                raise ScenarioError(f"--set {cut(dotted, 80)}: {part!r} is not a section")
             node = child
         node[leaf] = value
     return raw
@@ -674,8 +538,8 @@ def resolve_scenario_path(ref: str | Path) -> Path:
         except (OSError, ValueError):  # a name too long for the OS, a NUL byte, ...
             continue
     if path.is_dir():
-        raise ScenarioError(f"{_cut(str(ref), 200)}: a directory, not a scenario file")
-    raise ScenarioError(f"{_cut(str(ref), 200)}: scenario file not found")
+        raise ScenarioError(f"{cut(str(ref), 200)}: a directory, not a scenario file")
+    raise ScenarioError(f"{cut(str(ref), 200)}: scenario file not found")
 
 
 def load_scenario(ref: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
@@ -696,7 +560,7 @@ def load_scenario(ref: str | Path, overrides: dict[str, Any] | None = None) -> S
         raise ScenarioError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ScenarioError(f"{path}: malformed YAML: {_cut(detail, 200)}") from None
+        raise ScenarioError(f"{path}: malformed YAML: {cut(detail, 200)}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: expected a mapping of sections at the top level")
@@ -710,52 +574,6 @@ def scenario_from_dict(raw: dict[str, Any], origin: str = "scenario") -> Scenari
         return Scenario.model_validate(raw)
     except ValidationError as err:
         raise ScenarioError(_one_line(err, origin)) from None
-
-
-RUN_MARKERS = ("scenario.json", "summary.json", "checkpoint", ".checkpoint.old")
-"""What a directory holds once fedtune started a run in it (scenario.json comes first)."""
-
-
-def holds_run(path: Path) -> bool:
-    """Whether `path` is a directory in which fedtune started a run (finished or not)."""
-    return any((Path(path) / marker).exists() for marker in RUN_MARKERS)
-
-
-def check_output_dir(path: str | Path, resume: bool = False, key: str = "output.dir") -> None:
-    """Refuse, with one line naming `key`, an output directory fedtune must not write into:
-    an existing file, a directory that holds a run (unless `resume`), a non-empty directory
-    that is not a run of fedtune's (its files are the user's), or one that cannot be created.
-    Cheap and side-effect free: called before anything starts."""
-    path = Path(path)
-    where = f"{key} {_cut(str(path), 200)!r}"
-    try:
-        if path.exists() and not path.is_dir():
-            raise ScenarioError(f"{where} is a file, not a directory")
-        if path.is_dir():
-            if resume:
-                return
-            if holds_run(path):
-                raise ScenarioError(
-                    f"{where} already holds a run (continue it with fedtune run --resume "
-                    f"{path}, or choose another directory)"
-                )
-            if any(path.iterdir()):
-                raise ScenarioError(
-                    f"{where} is not empty and not a fedtune run directory; fedtune does not "
-                    "write among other files (choose a new or empty directory)"
-                )
-            if not os.access(path, os.W_OK | os.X_OK):
-                raise ScenarioError(f"{where}: permission denied")
-            return
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir():
-            raise ScenarioError(f"{where} cannot be created: {parent} is a file")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise ScenarioError(f"{where} cannot be created: {parent} is not writable")
-    except OSError as exc:
-        raise ScenarioError(f"{where}: {exc.strerror or exc}") from None
 
 
 def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:

@@ -8,3 +8,13 @@ class FedtuneError(Exception):
     message is one line naming it. `fedtune` prints it and exits with `exit_code`."""
 
     exit_code = 2
+
+
+def short(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters: error messages never repeat a huge input."""
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters (with `...`)."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

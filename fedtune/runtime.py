@@ -23,11 +23,12 @@ from flwr.simulation import run_simulation
 
 from fedtune.checkpoint import load_checkpoint
 from fedtune.client import build_client_app
-from fedtune.config import Scenario, ScenarioError, check_output_dir
+from fedtune.config import Scenario, ScenarioError
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
 from fedtune.errors import FedtuneError
 from fedtune.model import check_model
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
+from fedtune.run_dir import check_output_dir
 from fedtune.server import GlobalModel, build_server_app, seed_everything
 from fedtune.train import train_steps
 

@@ -9,10 +9,10 @@ import pytest
 from fedtune.config import (
     SCENARIO_DIR,
     ScenarioError,
-    check_output_dir,
     load_scenario,
     parse_override,
 )
+from fedtune.run_dir import check_output_dir
 
 REQUIRED_OVERRIDES = {
     "seed": ("3", 3),
