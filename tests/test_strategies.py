@@ -18,7 +18,6 @@ from fedtune.config import ScenarioError
 from fedtune.data import build_federated_data
 from fedtune.model import from_record, load_model, to_record, trainable_weights
 from fedtune.strategies import STRATEGIES
-from fedtune.strategies.factory import build_strategy
 from fedtune.train import proximal_term
 
 
@@ -73,10 +72,11 @@ def test_fedprox_mu_sent_by_the_server_pulls_the_update_towards_global(
     assert norm(strong) < 0.9 * norm(fedavg), "the proximal term keeps the update smaller"
 
 
-def test_strategy_params_errors_name_the_strategy(make_scenario) -> None:
-    scenario = make_scenario(federation={"strategy": "fedprox", "strategy_params": {"mu": 1}})
-    with pytest.raises(ScenarioError, match="federation.strategy_params for fedprox: .*'mu'"):
-        build_strategy(scenario)
+def test_strategy_params_the_strategy_refuses_are_one_line_before_anything_starts(
+    make_scenario,
+) -> None:
+    with pytest.raises(ScenarioError, match=r"strategy_params: fedtrimmedavg refuses .*beta"):
+        make_scenario(federation={"strategy": "fedtrimmedavg", "strategy_params": {"beta": 0.9}})
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

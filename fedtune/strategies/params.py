@@ -32,7 +32,8 @@ them, where there is one): never settable in `federation.strategy_params`."""
 def check_strategy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """`params` checked against the constructor of strategy `name` (names, and values by its
     annotations in pydantic's lax mode); returns them converted (e.g. 1 -> 1.0 for a float).
-    Raise ValueError naming the first bad key."""
+    Raise ValueError naming the first bad key, or the strategy's own refusal of the values
+    (e.g. FedTrimmedAvg's beta outside [0, 0.5)), so that no run starts with them."""
     init = STRATEGIES[name].__init__
     signature = inspect.signature(init)
     try:
@@ -65,6 +66,12 @@ def check_strategy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"{key}: {msg} (got {short(value)}; {name}'s {key} is a {kind})"
             ) from None
+    required = [p for p, param in signature.parameters.items() if param.default is param.empty]
+    if all(p in checked for p in required if p != "self"):  # else fedtune supplies them
+        try:
+            STRATEGIES[name](**checked)
+        except ValueError as exc:
+            raise ValueError(f"{name} refuses them: {exc}") from None
     return checked
 
 
