@@ -1,8 +1,8 @@
 """ClientApp: fine-tune on the node's private shard, reply with the weight update only.
 
 A reply holds exactly one ArrayRecord (the update of each trainable parameter, or nothing
-for evaluate) and one MetricRecord (example counts and scalar metrics): never text, token
-ids or labels.
+for evaluate; under SCAFFOLD a train reply adds its control-variate delta) and one
+MetricRecord (example counts and scalar metrics): never text, token ids or labels.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import datasets
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import (
     KEY_CLIPPING_NORM,
@@ -43,6 +43,7 @@ from fedtune.node_data import NodeConfig, node_shard, partition_id, state_dir
 from fedtune.node_state import PREFIX, restore_state, save_state
 from fedtune.process import startup_seconds
 from fedtune.secagg import refuse_unmasked, secure_mod
+from fedtune.strategies import scaffold
 from fedtune.train import dp_sgd_steps, evaluate, pick_device, proximal_term, train_steps
 
 
@@ -186,6 +187,10 @@ class TrainStep:
     config: ConfigRecord
     state: RecordDict
     metrics: dict
+    received: RecordDict = field(default_factory=RecordDict)
+    """The train message's records (SCAFFOLD's server control variate comes with them)."""
+    records: dict[str, ArrayRecord] = field(default_factory=dict)
+    """What the reply carries besides the update and metrics (SCAFFOLD's control delta)."""
 
 
 def local_update(step: TrainStep) -> Arrays:
@@ -208,6 +213,7 @@ def local_update(step: TrainStep) -> Arrays:
     else:
         mu = float(step.config.get("proximal-mu", 0.0))  # sent by FedProx
         terms = [proximal_term(node.model, mu)] if mu > 0 else []
+        terms += scaffold.correction_terms(node.model, step.received, step.state)
         result = train_steps(
             node.model, loader, cfg, node.device, on_step=on_step, loss_terms=terms
         )
@@ -222,6 +228,19 @@ def local_update(step: TrainStep) -> Arrays:
     )
     local = trainable_weights(node.model)
     return {name: local[name] - weights for name, weights in node.global_weights.items()}
+
+
+def scaffold_control(update: Arrays, step: TrainStep) -> Arrays:
+    """SCAFFOLD (when the server sends `c`): the node's new control variate stays in its
+    state, its delta goes with the reply; computed from the true update, before any other
+    transform."""
+    node = step.node
+    delta = scaffold.new_client_control(
+        update, step.received, step.state, len(node.data.train), node.scenario.training
+    )
+    if delta is not None:
+        step.records[scaffold.CONTROL_DELTA] = delta
+    return update
 
 
 def clip_for_dp(update: Arrays, step: TrainStep) -> Arrays:
@@ -254,7 +273,7 @@ def pack(update: Arrays, step: TrainStep) -> Arrays:
 
 
 UpdateTransform = Callable[[Arrays, TrainStep], Arrays]
-UPDATE_TRANSFORMS: tuple[UpdateTransform, ...] = (clip_for_dp, attack, pack)
+UPDATE_TRANSFORMS: tuple[UpdateTransform, ...] = (scaffold_control, clip_for_dp, attack, pack)
 """Applied in order to the local update before it is sent."""
 
 
@@ -272,13 +291,15 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         node = node_for(msg, context)
         refuse_unmasked(node.scenario, context)
         restore_state(context.state, node.state_dir, node.server_round)
-        step = TrainStep(node, msg.content["config"], context.state, {})
+        step = TrainStep(node, msg.content["config"], context.state, {}, msg.content)
         update = local_update(step)
         for transform in UPDATE_TRANSFORMS:
             update = transform(update, step)
         save_state(context.state, node.state_dir, node.server_round)
         step.metrics["client_seconds"] = time.perf_counter() - started
-        content = RecordDict({"arrays": to_record(update), "metrics": MetricRecord(step.metrics)})
+        content = RecordDict(
+            {"arrays": to_record(update), "metrics": MetricRecord(step.metrics), **step.records}
+        )
         return Message(content, reply_to=msg)
 
     @app.query()

@@ -14,6 +14,7 @@ from fedtune.data import build_federated_data, client_splits, make_loader, token
 from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
 from fedtune.strategies.deltas import DeltaUpdates
 from fedtune.strategies.factory import aggregate_client_metrics
+from fedtune.strategies.scaffold import CLIENT_CONTROL, CONTROL_DELTA, SERVER_CONTROL
 from fedtune.train import train_steps
 
 SHAPES = {"encoder.w": (4, 3), "encoder.b": (3,), "head": (2, 3)}
@@ -162,6 +163,42 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
         "setup_seconds",
     }
     assert all(isinstance(v, (int, float)) for v in eval_metrics.values())
+
+
+def test_scaffold_train_reply_carries_only_the_update_control_delta_and_counts(
+    make_scenario, task_identity
+) -> None:
+    """Payload audit under SCAFFOLD: the reply adds the control-variate delta (one float32
+    array per trainable parameter) and nothing else; the node's c_i stays in its state."""
+    scenario = make_scenario(federation={"strategy": "scaffold"})
+    fed = build_federated_data(scenario)
+    glob = trainable_weights(load_model(scenario.model.name, fed.label_names, scenario.seed))
+    msg = _train_message(glob)
+    msg.content[SERVER_CONTROL] = to_record({k: np.zeros_like(v) for k, v in glob.items()})
+    context = _context(scenario, 1)
+
+    content = build_client_app(scenario)(msg, context).content
+    assert set(content.keys()) == {"arrays", CONTROL_DELTA, "metrics"}
+    assert not content.config_records
+    for key in ("arrays", CONTROL_DELTA):
+        arrays = from_record(content.array_records[key])
+        assert set(arrays) == set(glob), f"{key}: one array per trainable parameter"
+        for name, array in arrays.items():
+            assert array.shape == glob[name].shape and array.dtype == np.float32
+    metrics = dict(content.metric_records["metrics"])
+    assert set(metrics) == {
+        "num-examples",
+        "train_loss",
+        "partition-id",
+        "train_seconds",
+        "client_seconds",
+        "startup_seconds",
+        "setup_seconds",
+    }
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    kept = from_record(context.state[CLIENT_CONTROL])  # c_i was 0: c_i+ is the delta
+    for name, delta in from_record(content.array_records[CONTROL_DELTA]).items():
+        np.testing.assert_array_equal(kept[name], delta)
 
 
 @pytest.mark.parametrize("accum", [1, 2])

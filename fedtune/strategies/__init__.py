@@ -2,7 +2,8 @@
 
 `fedtune.strategies.factory.build_strategy` puts the chosen one behind the
 update-to-weights layer (`deltas`) and, with client-level DP, Flower's DP wrapper
-(`privacy`). This module imports nothing of fedtune's, so the config can read it.
+(`privacy`). This module imports nothing of fedtune's outside this package (nor do the
+strategy modules it imports), so the config can read it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
     FedAvg,
-    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -22,6 +22,9 @@ from flwr.serverapp.strategy import (
     QFedAvg,
     Strategy,
 )
+
+from fedtune.strategies.fedavgm import FedAvgM
+from fedtune.strategies.scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -36,5 +39,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "multikrum": MultiKrum,
     "bulyan": Bulyan,
     "qfedavg": QFedAvg,
+    "scaffold": Scaffold,
 }
-"""Scenario name -> Flower strategy class; registering a new strategy is one entry."""
+"""Scenario name -> strategy class (Flower's own, FedAvgM with a checkpointable momentum, and
+SCAFFOLD); registering a new strategy is one entry."""
