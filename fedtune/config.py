@@ -475,6 +475,18 @@ class Scenario(Section):
         return self
 
     @model_validator(mode="after")
+    def _scaffold_fits(self) -> Scenario:
+        """SCAFFOLD: client-level DP and SecAgg+ are refused above (fedavg/fedprox only); its
+        correction is a loss term, which opacus' DP-SGD loop does not take."""
+        fed = self.federation
+        if fed.strategy == "scaffold" and self.privacy.dp_sgd.enabled:
+            raise ValueError("privacy.dp_sgd does not combine with scaffold's correction term")
+        eta_g = fed.strategy_params.get("eta_g", 1.0)
+        if fed.strategy == "scaffold" and not eta_g > 0:
+            raise ValueError(f"federation.strategy_params.eta_g={eta_g} must be positive")
+        return self
+
+    @model_validator(mode="after")
     def _nodes_fit_federation(self) -> Scenario:
         """Only values the user set can fail here: resolved nulls always fit."""
         fed, n = self.federation, self.partition.num_clients
