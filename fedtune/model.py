@@ -84,13 +84,20 @@ def load_model(
 def add_adapters(model: PreTrainedModel, settings: PeftSettings) -> PreTrainedModel:
     """Wrap `model` with the HF peft adapters that `ADAPTERS[settings.method]` configures;
     the backbone freezes, the adapters and the classification head (peft's SEQ_CLS
-    `modules_to_save`) stay trainable."""
+    `modules_to_save`) stay trainable, except the parameters the builder's `frozen` names
+    (e.g. FFA-LoRA's A), which keep their seeded initial values."""
     import peft
 
+    builder = ADAPTERS[settings.method]
     try:
-        return peft.get_peft_model(model, ADAPTERS[settings.method](settings))
+        wrapped = peft.get_peft_model(model, builder(settings))
     except ValueError as exc:
         raise ModelError(f"model.peft ({settings.method}): {str(exc).splitlines()[0]}") from None
+    frozen = getattr(builder, "frozen", ())
+    for name, param in wrapped.named_parameters():
+        if any(fragment in name for fragment in frozen):
+            param.requires_grad_(False)
+    return wrapped
 
 
 def export_model(model: PreTrainedModel) -> PreTrainedModel:

@@ -111,14 +111,20 @@ def test_decode_names_the_tensor_that_does_not_fit() -> None:
         decode(cfg, packed, UPDATE)
 
 
-@pytest.mark.parametrize("method", ["lora", "loha", "lokr", "ia3"])
+@pytest.mark.parametrize("method", ["lora", "ffa_lora", "loha", "lokr", "ia3"])
 def test_peft_trains_only_adapters_and_head_and_exports_merged(make_scenario, method) -> None:
     scenario = make_scenario(model={"peft": {"method": method}})
     fed = build_federated_data(scenario)
     model = load_model(scenario.model.name, fed.label_names, scenario.seed, scenario.model.peft)
     full = trainable_weights(load_model(scenario.model.name, fed.label_names, scenario.seed))
     names = set(trainable_weights(model))
-    markers = {"lora": "lora_", "loha": "hada_", "lokr": "lokr_", "ia3": "ia3_"}[method]
+    markers = {
+        "lora": "lora_",
+        "ffa_lora": "lora_B",
+        "loha": "hada_",
+        "lokr": "lokr_",
+        "ia3": "ia3_",
+    }[method]
     heads = {n for n in names if ".classifier.modules_to_save." in n}
     assert len(heads) == 2 and all(markers in n for n in names - heads)
     assert sum(trainable_weights(model)[n].size for n in names) < 0.2 * sum(

@@ -2,7 +2,9 @@
 
 A new method is one file holding a builder (`PeftSettings` -> `peft.PeftConfig`, importing
 `peft` inside, as it is slow to import) plus its entry in `ADAPTERS`; `model.peft.method`
-accepts every registered name, and `none` (no adapters).
+accepts every registered name, and `none` (no adapters). A builder with a `frozen` attribute
+(name fragments, e.g. `(".lora_A.",)`) keeps the adapter parameters whose names hold one
+frozen at their seeded initialisation: they neither train nor travel.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from fedtune.adapters.ffa_lora import ffa_lora
 from fedtune.adapters.ia3 import ia3
 from fedtune.adapters.lora import lora
 from fedtune.adapters.lycoris import loha, lokr
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 
 ADAPTERS: dict[str, Callable[[PeftSettings], peft.PeftConfig]] = {
     "lora": lora,
+    "ffa_lora": ffa_lora,
     "loha": loha,
     "lokr": lokr,
     "ia3": ia3,
