@@ -67,13 +67,15 @@ class PeftSettings(Section):
     classification head train and travel; the frozen backbone never leaves a node."""
 
     method: Annotated[str, registered("fedtune.adapters", "ADAPTERS", "none")] = "none"
-    """A method registered in `fedtune.adapters.ADAPTERS` (lora, loha, lokr, ia3), or `none`."""
+    """A method registered in `fedtune.adapters.ADAPTERS` (lora, ffa_lora, loha, lokr, ia3), or
+    `none`."""
     rank: int = Field(8, ge=1)
-    """Adapter rank (`lora`, `loha`, `lokr`)."""
+    """Adapter rank (`lora`, `ffa_lora`, `loha`, `lokr`)."""
     alpha: float = Field(16.0, gt=0.0)
-    """Scaling numerator (`lora`, `loha`, `lokr`): updates are scaled by alpha / rank."""
+    """Scaling numerator (`lora`, `ffa_lora`, `loha`, `lokr`): updates are scaled by
+    alpha / rank."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    """Dropout on the adapter input (`lora`, `loha`, `lokr`)."""
+    """Dropout on the adapter input (`lora`, `ffa_lora`, `loha`, `lokr`)."""
     target_modules: tuple[str, ...] | None = None
     """Module names to adapt; default: peft's choice for the architecture (BERT: query, value;
     ia3: key, value, output.dense)."""
