@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "simulate the federation (Flower Simulation Engine, one process per client)"),
         ("centralized", "train on the union of the clients' data (the baseline)"),
+        ("local", "train each client alone on its own data (the local-only baseline)"),
         ("deploy", "run on a local deployment: a SuperLink and one SuperNode per client (TLS)"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
@@ -261,7 +262,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _scenario(args: argparse.Namespace, resume: str | None = None) -> Scenario:
-    """The validated scenario of run/centralized/deploy, its output directory checked."""
+    """The validated scenario of run/centralized/local/deploy, its output directory checked."""
     overrides = dict(parse_override(item) for item in args.overrides)
     if resume:
         source = Path(resume) / "scenario.json"
@@ -290,8 +291,11 @@ def _finished(summary: dict) -> int:
         )
         return 1
     final = summary["final"]
+    what = f"{summary['rounds_completed']} rounds,"
+    if summary["mode"] == "local":
+        what = f"{summary['num_clients']} clients each trained alone, mean test"
     print(
-        f"{summary['mode']} run of {summary['scenario']!r}: {summary['rounds_completed']} rounds, "
+        f"{summary['mode']} run of {summary['scenario']!r}: {what} "
         f"accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f}, "
         f"outputs in {summary['run_dir']}"
     )
@@ -334,6 +338,13 @@ def _centralized(args: argparse.Namespace) -> int:
     from fedtune import runtime
 
     return _finished(runtime.run_centralized(scenario, args.quiet))
+
+
+def _local(args: argparse.Namespace) -> int:
+    scenario = _scenario(args)
+    from fedtune import runtime
+
+    return _finished(runtime.run_local_only(scenario, args.quiet))
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -473,6 +484,7 @@ def _compare(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
     "centralized": _centralized,
+    "local": _local,
     "deploy": _deploy,
     "certs": _certs,
     "shards": _shards,

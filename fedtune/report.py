@@ -137,11 +137,32 @@ def plot_series(run: dict, keys: tuple[str, ...], ylabel: str, path: Path) -> Pa
     return _save(fig, path)
 
 
+def plot_local(run: dict, path: Path) -> Path:
+    """A local-only run: each client's accuracy on its own validation split and on the
+    server's test split, trained alone."""
+    clients = run["summary"]["clients"]
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    for offset, split, label in (
+        (-0.2, "val", "own validation split"),
+        (0.2, "test", "test split"),
+    ):
+        accuracies = [c[split].get("accuracy", 0.0) for c in clients]
+        ax.bar([i + offset for i in range(len(clients))], accuracies, width=0.4, label=label)
+    ax.set_xticks(range(len(clients)), [c["name"] for c in clients])
+    ax.set(ylabel="accuracy", title="each client trained alone")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def make_figures(run_dir: Path) -> list[Path]:
     """Write every figure that the run's data supports into `run_dir/figures/`."""
     run = read_run(run_dir)
     out = Path(run_dir) / "figures"
     out.mkdir(exist_ok=True)
+    if run["summary"].get("mode") == "local":
+        made = [plot_local(run, out / "clients.png"), plot_partition(run, out / "partition.png")]
+        return [p for p in made if p is not None]
     made = [
         plot_curves(run, out / "curves.png"),
         plot_client_spread(run, out / "client_accuracy.png"),
@@ -163,7 +184,7 @@ def _markdown_table(header: list[str], rows: list[list[object]]) -> str:
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return "—" if value is None else str(value)
 
 
 def _html(markdown_text: str, base: Path, title: str) -> str:
@@ -215,6 +236,7 @@ def write_report(run_dir: Path) -> Path:
                 ]
             ],
         ),
+        *(_local_tables(summary) if summary["mode"] == "local" else []),
         "## Figures",
         *(f"![{p.stem}](figures/{p.name})" for p in figures),
     ]
@@ -230,7 +252,7 @@ def write_report(run_dir: Path) -> Path:
                 ],
             ),
         ]
-    per_class = run["rounds"][-1]["central"].get("per_class", {})
+    per_class = run["rounds"][-1].get("central", {}).get("per_class", {})
     classes = [k for k, v in per_class.items() if isinstance(v, dict)]
     if classes:
         parts += [
@@ -258,17 +280,122 @@ def write_report(run_dir: Path) -> Path:
     return run_dir / "report.md"
 
 
+def _local_tables(summary: dict) -> list[str]:
+    """A local-only run's per-client results (its `final` is their weighted mean)."""
+    final = summary["final"]
+    return [
+        "## Each client trained alone",
+        f"Each client trained a fresh model on its own training split only, for the examples "
+        f"the federation has it train. Mean accuracy on the clients' own validation splits "
+        f"{_cell(final['val_accuracy'])} (macro-F1 {_cell(final['val_macro_f1'])}); on the "
+        f"server's test split {_cell(final['accuracy'])} (weighted by training examples).",
+        _markdown_table(
+            [
+                "client",
+                "train examples",
+                "examples trained",
+                "own val accuracy",
+                "own val macro-F1",
+                "test accuracy",
+                "test macro-F1",
+            ],
+            [
+                [
+                    c["name"],
+                    c["num_examples"],
+                    c["examples_trained"],
+                    c["val"].get("accuracy"),
+                    c["val"].get("macro_f1"),
+                    c["test"]["accuracy"],
+                    c["test"]["macro_f1"],
+                ]
+                for c in summary["clients"]
+            ],
+        ),
+    ]
+
+
+CLIENT_KEYS = ("seed", "data", "partition")
+"""Scenario sections that fix the clients and their validation splits."""
+
+
+def _worth_it(local: dict, fed: dict, names: tuple[str, str]) -> str | None:
+    """Per client, trained alone (a local-only run) vs the federated model, on the client's
+    own validation split (the federated run's last evaluation of it) and on the test split:
+    the "is federating worth it for me" table. None unless both runs have the same clients."""
+    scenarios = local.get("scenario"), fed.get("scenario")
+    if None in scenarios or any(scenarios[0].get(k) != scenarios[1].get(k) for k in CLIENT_KEYS):
+        return None
+    evaluated = {
+        c["partition-id"]: c
+        for r in fed["rounds"]
+        for c in r.get("clients", {}).get("evaluate", [])
+        if "eval_accuracy" in c and "partition-id" in c
+    }
+    rows, better = [], 0
+    for c in local["summary"]["clients"]:
+        alone = c["val"].get("accuracy")
+        together = evaluated.get(c["partition_id"], {}).get("eval_accuracy")
+        gain = None if None in (alone, together) else together - alone
+        better += gain is not None and gain > 0
+        rows.append(
+            [
+                c["name"],
+                alone,
+                together,
+                gain,
+                c["test"]["accuracy"],
+                fed["summary"]["final"]["accuracy"],
+            ]
+        )
+    return "\n\n".join(
+        [
+            f"## Is federating worth it? {names[0]} vs {names[1]}",
+            f"Federating gives {better} of {len(rows)} clients a better model on their own "
+            "validation split.",
+            _markdown_table(
+                [
+                    "client",
+                    "own val accuracy: alone",
+                    "federated",
+                    "gain",
+                    "test accuracy: alone",
+                    "federated",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
+def _worth_it_tables(runs: list[dict], names: list[str]) -> list[str]:
+    """`_worth_it` for every local-only run and every federated run of the same clients."""
+    tables = []
+    for local, local_name in zip(runs, names, strict=True):
+        for fed, fed_name in zip(runs, names, strict=True):
+            if (local["summary"]["mode"], fed["summary"]["mode"]) == ("local", "federated"):
+                table = _worth_it(local, fed, (local_name, fed_name))
+                tables += [table] if table else []
+    return tables
+
+
 def compare(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Overlay the runs' test curves and tabulate final metrics, bytes and time."""
+    """Overlay the runs' test curves (a local-only run's mean as a dashed line), tabulate
+    final metrics, bytes and time, and, for a local-only and a federated run of the same
+    clients, compare them per client (`_worth_it`)."""
     runs = [read_run(d) for d in run_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{r['summary']['scenario']} ({r['summary']['mode']}) [{r['dir'].name}]" for r in runs]
     fig, axes = plt.subplots(1, 3, figsize=(12.0, 4.0))
-    for run, name in zip(runs, names, strict=True):
-        x = [r["round"] for r in run["rounds"]]
-        for ax, key in zip(axes, ("accuracy", "macro_f1", "loss"), strict=True):
-            ax.plot(x, [r[key] for r in run["rounds"]], marker="o", label=name)
+    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+        local = run["summary"]["mode"] == "local"
+        for ax, key in zip(axes, CENTRAL_KEYS, strict=True):
+            if local:  # no rounds: the clients' mean after training alone
+                ax.axhline(run["summary"]["final"][key], ls="--", color=f"C{i}", label=name)
+            else:
+                x = [r["round"] for r in run["rounds"]]
+                ax.plot(x, [r[key] for r in run["rounds"]], marker="o", color=f"C{i}", label=name)
             ax.set(xlabel="round", title=f"test {key}")
             ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -291,6 +418,7 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
                     ["run", "rounds", "accuracy", "macro-F1", "loss", "wall s", "bytes up"], rows
                 ),
                 "![compare](compare.png)",
+                *_worth_it_tables(runs, names),
             ]
         )
         + "\n"

@@ -85,9 +85,13 @@ class Progress:
             f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}  ({seconds:.1f}s)"
         )
         self.accuracy = f", accuracy {metrics['accuracy']:.4f} after round {server_round}"
-        self.console.print(line)
-        log.info(line)
+        self.line(line)
         return seconds
+
+    def line(self, text: str) -> None:
+        """Print one result line and log it to run.log."""
+        self.console.print(text)
+        log.info(text)
 
 
 class RunRecorder:
@@ -101,6 +105,8 @@ class RunRecorder:
         self.num_clients = num_clients
         self.history: list[dict] = []
         self.lines: list[str] = []
+        self.local_clients: list[dict] = []
+        """Local-only mode: each client's results (`client_done`)."""
         self._new_round()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "scenario.json", scenario.model_dump(mode="json"))
@@ -109,7 +115,9 @@ class RunRecorder:
         for name in LOGGERS:
             logging.getLogger(name).addHandler(self.log_handler)
         self.tensorboard = (
-            _tensorboard_writer(self.run_dir) if scenario.output.tensorboard else None
+            _tensorboard_writer(self.run_dir)
+            if scenario.output.tensorboard and mode != "local"  # local: no rounds to plot
+            else None
         )
         self.totals = {
             "bytes_up_total": 0,
@@ -201,11 +209,20 @@ class RunRecorder:
         if privacy:
             self.extra["privacy"] = {**self.extra.get("privacy", {}), **privacy}
         self._new_round()
+        self._append_line(line)
+        if self.tensorboard is not None:
+            _tensorboard_round(self.tensorboard, line)
+
+    def client_done(self, result: dict) -> None:
+        """Local-only mode: one client's results become a line of metrics.jsonl and an entry
+        of summary.json's `clients` (and count in its `final`)."""
+        self.local_clients.append(result)
+        self._append_line(result)
+
+    def _append_line(self, line: dict) -> None:
         self.lines.append(json.dumps(line))
         write_atomic(self.run_dir / "metrics.jsonl", "\n".join(self.lines) + "\n")
         self.write_summary()
-        if self.tensorboard is not None:
-            _tensorboard_round(self.tensorboard, line)
 
     def _dp_sgd_epsilon(self) -> dict:
         """The largest DP-SGD ε any client reported this round (clients account their own)."""
@@ -257,6 +274,8 @@ class RunRecorder:
             "privacy": {**self.scenario.privacy.summary(), **self.extra.get("privacy", {})},
             "run_dir": str(self.run_dir),
         }
+        if self.mode == "local":
+            summary.update(local_summary(self.local_clients))
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
@@ -267,6 +286,29 @@ class RunRecorder:
         summary = self.write_summary()
         make_figures(self.run_dir)
         return summary
+
+
+def local_summary(clients: list[dict]) -> dict:
+    """A local-only run's `clients` (their results without per-class reports), `final` (the
+    test metrics' mean weighted by the clients' training examples, `val_*` the validation
+    metrics' weighted by validation examples, as federated evaluation aggregates) and wall time."""
+    final = {
+        k: _weighted([(c["test"][k], c["num_examples"]) for c in clients]) for k in CENTRAL_KEYS
+    }
+    for k in CENTRAL_KEYS:
+        val = [(c["val"][k], c["val"]["num_examples"]) for c in clients if k in c["val"]]
+        final[f"val_{k}"] = _weighted(val)
+    return {
+        "clients": [{**c, "test": {k: c["test"][k] for k in CENTRAL_KEYS}} for c in clients],
+        "final": final,
+        "wall_seconds": round(sum(c["seconds"] for c in clients), 3),
+    }
+
+
+def _weighted(pairs: list[tuple[float, int]]) -> float | None:
+    """The mean of the values weighted by their counts (None without any count)."""
+    total = sum(count for _, count in pairs)
+    return sum(value * count for value, count in pairs) / total if total else None
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

@@ -1,5 +1,6 @@
-"""Runtimes: the federated simulation (Flower Simulation Engine, Ray) and the centralized
-baseline on the union of the clients' data with the same sample budget."""
+"""Runtimes: the federated simulation (Flower Simulation Engine, Ray), the centralized
+baseline on the union of the clients' data with the same sample budget, and the local-only
+baseline (each client alone on its own data, with the budget the federation gives it)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,28 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from flwr.common.logger import console_handler
 from flwr.simulation import run_simulation
 
 from fedtune.checkpoint import load_checkpoint
 from fedtune.client import build_client_app
 from fedtune.config import Scenario, ScenarioError
-from fedtune.data import client_splits, federated_data, make_loader, tokenize
+from fedtune.data import (
+    FederatedData,
+    client_splits,
+    federated_data,
+    label_table,
+    make_loader,
+    server_eval_data,
+    tokenize,
+)
 from fedtune.errors import FedtuneError
-from fedtune.model import check_model
+from fedtune.model import check_model, load_weights, trainable_weights
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.run_dir import check_output_dir
 from fedtune.server import GlobalModel, build_server_app, seed_everything
-from fedtune.train import train_steps
+from fedtune.train import evaluate, train_steps
 
 
 class _QuietConsole(logging.Filter):
@@ -354,3 +364,64 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
         if scenario.output.save_model:
             recorder.save_model(server.model, server.tokenizer)
         return recorder.finish()
+
+
+def run_local_only(scenario: Scenario, quiet: bool = False) -> dict:
+    """Each client alone: a fresh copy of the federation's seeded initial model, trained on
+    the client's own training split for the examples the federation has it train (rounds x
+    local_epochs over its split, times the share of rounds it is sampled for), then
+    evaluated on its own validation split and on the test split the federation's server
+    evaluates on. No model is saved."""
+    check_inputs(scenario)
+    run_dir = prepare_run_dir(scenario, "local")
+    seed_everything(scenario.seed)
+    fed = federated_data(scenario)
+    n = scenario.partition.num_clients
+    server = GlobalModel.load(scenario, *server_eval_data(scenario))
+    initial = trainable_weights(server.model)
+    with (
+        RunRecorder(run_dir, scenario, "local", n) as recorder,
+        Progress(n, quiet=quiet) as progress,
+    ):
+        recorder.write_partition(label_table(fed))
+        for pid in range(n):
+            load_weights(server.model, initial)
+            result = _train_alone(scenario, fed, server, pid, progress)
+            recorder.client_done(result)
+            val, test = result["val"], result["test"]
+            progress.line(
+                f"client {pid + 1}/{n} ({result['name']})  own validation accuracy "
+                f"{val.get('accuracy', float('nan')):.4f}  test accuracy {test['accuracy']:.4f}  "
+                f"macro-F1 {test['macro_f1']:.4f}  ({result['seconds']:.1f}s)"
+            )
+        return recorder.finish()
+
+
+def _train_alone(
+    scenario: Scenario, fed: FederatedData, server: GlobalModel, pid: int, progress: Progress
+) -> dict:
+    """Train `server.model` on client `pid`'s training split alone; its metrics line."""
+    started = time.perf_counter()
+    cfg, tokenizer = scenario.training, server.tokenizer
+    train, val = (
+        tokenize(split, tokenizer, scenario.model.max_length)
+        for split in client_splits(fed, pid, scenario.data.val_size, scenario.seed)
+    )
+    share = scenario.clients_per_round / scenario.partition.num_clients
+    budget = max(1, math.ceil(share * scenario.federation.rounds * cfg.local_epochs * len(train)))
+    seed = scenario.seed * 1_000_003 + pid  # as the client seeds its rounds, at round 0
+    torch.manual_seed(seed)
+    loader = make_loader(train, tokenizer, cfg.batch_size, seed, cfg.group_by_length)
+    progress.status.update(f"client {pid + 1}/{scenario.partition.num_clients}: training")
+    trained = train_steps(server.model, loader, cfg, server.device, budget)
+    val_loader = make_loader(val, tokenizer, cfg.eval_batch_size)
+    return {
+        "partition_id": pid,
+        "name": fed.client_name(pid),
+        "num_examples": len(train),
+        "examples_trained": trained.num_examples,
+        "train_loss": trained.mean_loss,
+        "val": evaluate(server.model, val_loader, server.device),
+        "test": server.evaluate(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
