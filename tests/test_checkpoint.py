@@ -43,6 +43,18 @@ def _in(scenario, run_dir: Path):
     )
 
 
+def interrupted_and_clean_runs(base, tmp_path: Path) -> None:
+    """`base` run uninterrupted into `tmp_path/clean`, and into `tmp_path/killed` stopped
+    after round 3's training, then resumed by a fresh server and fresh nodes."""
+    clean = _in(base, tmp_path / "clean")
+    run_server(LocalGrid(clean), clean, tmp_path / "clean", quiet=True)
+    killed = _in(base, tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_server(InterruptedGrid(killed, at=3), killed, tmp_path / "killed", quiet=True)
+    assert load_checkpoint(tmp_path / "killed").server_round == 2
+    run_server(LocalGrid(killed), killed, tmp_path / "killed", quiet=True, resume=True)
+
+
 CASES = {
     "fedavg": {},
     "fedadam": {"federation": {"strategy": "fedadam", "strategy_params": {"eta": 0.01}}},
@@ -66,13 +78,7 @@ def test_interrupted_run_resumes_to_the_same_weights(
         output={"save_model": False, "tensorboard": False},
         **{k: v for k, v in sections.items() if k != "federation"},
     )
-    clean = _in(base, tmp_path / "clean")
-    run_server(LocalGrid(clean), clean, tmp_path / "clean", quiet=True)
-    killed = _in(base, tmp_path / "killed")
-    with pytest.raises(KeyboardInterrupt):
-        run_server(InterruptedGrid(killed, at=3), killed, tmp_path / "killed", quiet=True)
-    assert load_checkpoint(tmp_path / "killed").server_round == 2
-    run_server(LocalGrid(killed), killed, tmp_path / "killed", quiet=True, resume=True)
+    interrupted_and_clean_runs(base, tmp_path)
 
     expected = load_checkpoint(tmp_path / "clean")
     resumed = load_checkpoint(tmp_path / "killed")

@@ -20,6 +20,18 @@ from fedtune.train import train_steps
 SHAPES = {"encoder.w": (4, 3), "encoder.b": (3,), "head": (2, 3)}
 
 
+TRAIN_METRICS = {
+    "num-examples",
+    "train_loss",
+    "partition-id",
+    "train_seconds",
+    "client_seconds",
+    "startup_seconds",
+    "setup_seconds",
+}
+"""Everything a train reply's MetricRecord may hold: counts, a loss and timings."""
+
+
 def _train_message(weights: dict[str, np.ndarray], server_round: int = 1) -> Message:
     content = RecordDict(
         {"arrays": to_record(weights), "config": ConfigRecord({"server-round": server_round})}
@@ -127,15 +139,7 @@ def test_train_reply_carries_only_updates_and_counts(make_scenario, task_identit
     for name, array in arrays.items():
         assert array.shape == glob[name].shape and array.dtype == np.float32
     metrics = dict(content.metric_records["metrics"])
-    assert set(metrics) == {
-        "num-examples",
-        "train_loss",
-        "partition-id",
-        "train_seconds",
-        "client_seconds",
-        "startup_seconds",
-        "setup_seconds",
-    }
+    assert set(metrics) == TRAIN_METRICS
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["num-examples"] == len(shard_texts)
 
@@ -186,15 +190,7 @@ def test_scaffold_train_reply_carries_only_the_update_control_delta_and_counts(
         for name, array in arrays.items():
             assert array.shape == glob[name].shape and array.dtype == np.float32
     metrics = dict(content.metric_records["metrics"])
-    assert set(metrics) == {
-        "num-examples",
-        "train_loss",
-        "partition-id",
-        "train_seconds",
-        "client_seconds",
-        "startup_seconds",
-        "setup_seconds",
-    }
+    assert set(metrics) == TRAIN_METRICS
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     kept = from_record(context.state[CLIENT_CONTROL])  # c_i was 0: c_i+ is the delta
     for name, delta in from_record(content.array_records[CONTROL_DELTA]).items():

@@ -23,7 +23,7 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAvg
 from safetensors.numpy import load_file
-from test_checkpoint import InterruptedGrid, _in
+from test_checkpoint import interrupted_and_clean_runs
 
 from fedtune.checkpoint import load_checkpoint
 from fedtune.config import ScenarioError, TrainingConfig
@@ -261,13 +261,7 @@ def test_control_variates_survive_an_interruption_exactly(
         data={"val_size": 0.0},
         output={"save_model": False, "tensorboard": False},
     )
-    clean = _in(base, tmp_path / "clean")
-    run_server(LocalGrid(clean), clean, tmp_path / "clean", quiet=True)
-    killed = _in(base, tmp_path / "killed")
-    with pytest.raises(KeyboardInterrupt):
-        run_server(InterruptedGrid(killed, at=3), killed, tmp_path / "killed", quiet=True)
-    assert load_checkpoint(tmp_path / "killed").server_round == 2
-    run_server(LocalGrid(killed), killed, tmp_path / "killed", quiet=True, resume=True)
+    interrupted_and_clean_runs(base, tmp_path)
 
     expected, resumed = _server_control(tmp_path / "clean"), _server_control(tmp_path / "killed")
     assert expected.keys() == resumed.keys() and expected
