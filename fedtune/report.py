@@ -403,7 +403,7 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
     rows = [
         [
             name,
-            r["summary"]["rounds_completed"],
+            None if r["summary"]["mode"] == "local" else r["summary"]["rounds_completed"],
             *(r["summary"]["final"][k] for k in CENTRAL_KEYS),
             r["summary"]["wall_seconds"],
             r["summary"].get("bytes_up_total", 0),
