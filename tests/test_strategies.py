@@ -43,14 +43,14 @@ def test_proximal_term_is_mu_half_squared_distance_from_the_start(make_scenario)
     scenario = make_scenario()
     model = load_model(scenario.model.name, ("a", "b", "c"), scenario.seed)
     term = proximal_term(model, mu=0.3)
-    assert float(term()) == 0.0
+    assert term().item() == 0.0
     shift = 0.0
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.01)
                 shift += 0.01**2 * p.numel()
-    assert float(term()) == pytest.approx(0.3 / 2 * shift, rel=1e-4)
+    assert term().item() == pytest.approx(0.3 / 2 * shift, rel=1e-4)
     term().backward()  # its gradient, mu * (w - w_start), reaches every trainable weight
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.allclose(g, torch.full_like(g, 0.3 * 0.01)) for g in grads)
