@@ -216,12 +216,22 @@ def _contiguous(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
 
 
+def checkpoint_dir(run_dir: Path) -> Path | None:
+    """The run's checkpoint directory: `checkpoint/`, or `.checkpoint.old` when the run was
+    killed between save_dir_atomic's two renames (the previous round's); None without one."""
+    path = Path(run_dir) / CHECKPOINT_DIR
+    for candidate in (path, path.with_name(f".{CHECKPOINT_DIR}.old")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     """The checkpoint of a run directory; CheckpointError (one line) if there is none or it
     is damaged. Only safetensors and JSON are read: a checkpoint cannot run code."""
-    path = Path(run_dir) / CHECKPOINT_DIR
-    if not path.is_dir():  # killed between save_dir_atomic's two renames: the previous one
-        path = path.with_name(f".{CHECKPOINT_DIR}.old")
+    path = checkpoint_dir(run_dir)
+    if path is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint to resume from")
     if (path / "state.pkl").exists():
         raise CheckpointError(
             f"{path / 'state.pkl'}: a pickled checkpoint; fedtune never loads pickles "

@@ -30,7 +30,7 @@ from fedtune.config import (
     parse_override,
 )
 from fedtune.errors import FedtuneError
-from fedtune.run_dir import check_output_dir, holds_run
+from fedtune.run_dir import check_output_dir
 
 MAX_CERT_NODES = 10_000
 MAX_TEXT_CHARS = 100_000
@@ -317,7 +317,9 @@ def _interrupted_run(exc: KeyboardInterrupt) -> NoReturn:
     """One line, then end the process now: the simulation's ServerApp thread may still be
     waiting for replies that will never come (its Ray processes are gone)."""
     run_dir = getattr(exc, "run_dir", None)
-    resumable = run_dir is not None and holds_run(run_dir) and _has_checkpoint(run_dir)
+    from fedtune.checkpoint import checkpoint_dir  # loaded already: the run had started
+
+    resumable = run_dir is not None and checkpoint_dir(run_dir) is not None
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[2K\x1b[?25h")  # clear the progress line, show the cursor
     if resumable:
@@ -327,10 +329,6 @@ def _interrupted_run(exc: KeyboardInterrupt) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(getattr(exc, "exit_code", 130))
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    return any((Path(run_dir) / name).is_dir() for name in ("checkpoint", ".checkpoint.old"))
 
 
 def _centralized(args: argparse.Namespace) -> int:

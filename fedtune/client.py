@@ -81,6 +81,11 @@ def _cached_local_data(
     return LocalData(*node_shard(scenario, dict(node_items), pid, label_names, tokenizer))
 
 
+def run_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Distinct per (seed, round, client) so every local run is reproducible."""
+    return seed * 1_000_003 + server_round * 1_009 + partition_id
+
+
 class LocalNode:
     """What one node needs for a message: scenario, its shard, the model with global weights."""
 
@@ -119,8 +124,8 @@ class LocalNode:
 
     @property
     def run_seed(self) -> int:
-        """Distinct per (seed, round, client) so every local run is reproducible."""
-        return self.scenario.seed * 1_000_003 + self.server_round * 1_009 + self.partition_id
+        """This message's local-training seed (`run_seed`)."""
+        return run_seed(self.scenario.seed, self.server_round, self.partition_id)
 
 
 class ClientError(RuntimeError):

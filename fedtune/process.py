@@ -1,4 +1,5 @@
-"""This OS process's age: what a message cost before fedtune's own set-up began."""
+"""Processes as Linux's /proc shows them: this process's age (what a message cost before
+fedtune's own set-up began) and the fields of any process's `stat` line."""
 
 from __future__ import annotations
 
@@ -19,11 +20,23 @@ def startup_seconds() -> float:
     return process_age()
 
 
+STATE, PARENT, START_TIME = 0, 1, 19
+"""Indices in `stat_fields`: the process's state letter, parent pid, start time (ticks)."""
+
+
+def stat_fields(pid: int | str = "self") -> list[str] | None:
+    """The fields of `/proc/<pid>/stat` after the command name; None where unreadable."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_age() -> float:
     """Seconds since this OS process started (Linux /proc; 0.0 where unavailable)."""
+    fields = stat_fields()
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
+        return max(0.0, uptime - int(fields[START_TIME]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, TypeError):
         return 0.0

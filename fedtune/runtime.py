@@ -24,7 +24,7 @@ from flwr.common.logger import console_handler
 from flwr.simulation import run_simulation
 
 from fedtune.checkpoint import load_checkpoint
-from fedtune.client import build_client_app
+from fedtune.client import build_client_app, run_seed
 from fedtune.config import Scenario, ScenarioError
 from fedtune.data import (
     FederatedData,
@@ -37,6 +37,7 @@ from fedtune.data import (
 )
 from fedtune.errors import FedtuneError
 from fedtune.model import check_model, load_weights, trainable_weights
+from fedtune.process import PARENT, START_TIME, STATE, stat_fields
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.run_dir import check_output_dir
 from fedtune.server import GlobalModel, build_server_app, seed_everything
@@ -293,11 +294,8 @@ def _stop_ray(descendants: list[tuple[int, str]]) -> None:
 def _start_time(pid: int) -> str | None:
     """A live process's start time (to tell it from a later one with the same pid); None
     when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+    fields = stat_fields(pid)
+    return None if fields is None or fields[STATE] in ("Z", "X") else fields[START_TIME]
 
 
 def _descendants() -> list[tuple[int, str]]:
@@ -308,12 +306,11 @@ def _descendants() -> list[tuple[int, str]]:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
-            try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+            fields = stat_fields(entry.name)
+            if fields is None:
                 continue
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-            started[int(entry.name)] = fields[19]
+            children.setdefault(int(fields[PARENT]), []).append(int(entry.name))
+            started[int(entry.name)] = fields[START_TIME]
     found, stack = [], list(children.get(os.getpid(), []))
     while stack:
         pid = stack.pop()
@@ -409,7 +406,7 @@ def _train_alone(
     )
     share = scenario.clients_per_round / scenario.partition.num_clients
     budget = max(1, math.ceil(share * scenario.federation.rounds * cfg.local_epochs * len(train)))
-    seed = scenario.seed * 1_000_003 + pid  # as the client seeds its rounds, at round 0
+    seed = run_seed(scenario.seed, 0, pid)  # as a federated client seeds its training
     torch.manual_seed(seed)
     loader = make_loader(train, tokenizer, cfg.batch_size, seed, cfg.group_by_length)
     progress.status.update(f"client {pid + 1}/{scenario.partition.num_clients}: training")
