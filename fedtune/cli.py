@@ -12,7 +12,6 @@ import argparse
 import codecs
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import signal
@@ -43,10 +42,6 @@ COMPARE_FILES = ("compare.md", "compare.html", "compare.png")
 
 class UsageError(FedtuneError):
     """Bad command-line arguments."""
-
-
-class RunDirArgError(FedtuneError):
-    """`report`/`compare` of something that is not a readable fedtune run."""
 
 
 class _Terminated(KeyboardInterrupt):
@@ -415,43 +410,19 @@ def _shards(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ reports
 
 
-def _readable_run(name: str) -> Path:
-    """A directory with a readable summary.json and metrics.jsonl (checked, not trusted)."""
-    path = Path(name)
-    if not path.exists():
-        raise RunDirArgError(f"{name}: no such directory")
-    if not path.is_dir():
-        raise RunDirArgError(f"{name}: a file, not a run directory")
-    files = {"summary.json": "object", "metrics.jsonl": "lines"}
-    files.update({f: "object" for f in ("partition.json", "scenario.json") if (path / f).exists()})
-    for file, kind in files.items():
-        target = path / file
-        if not target.is_file():
-            raise RunDirArgError(f"{name}: not a fedtune run (no {file})")
-        try:
-            text = target.read_text(encoding="utf-8")
-            if kind == "object":
-                values = [json.loads(text)]
-            else:
-                values = [json.loads(x) for x in text.splitlines() if x.strip()]
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
-            raise RunDirArgError(f"{name}: {file} is damaged ({detail})") from None
-        if not all(isinstance(value, dict) for value in values):
-            raise RunDirArgError(f"{name}: {file} is damaged (not JSON objects)")
-    return path
-
-
 def _report_call(call: Callable[[], Path], what: str) -> int:
-    """Run a report writer; a run whose files lack what a report needs is one line."""
+    """Run a report writer: a run directory it cannot read is its RunDirError; one whose
+    files lack what a report needs, or an output it cannot write, is one line too."""
+    from fedtune.report import RunDirError
+
     try:
         print(call())
     except FedtuneError:
         raise
     except OSError as exc:
-        raise RunDirArgError(f"{what}: cannot write: {exc.strerror or exc}") from None
+        raise RunDirError(f"{what}: cannot write: {exc.strerror or exc}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise RunDirArgError(
+        raise RunDirError(
             f"{what}: incomplete or damaged run files ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:120] if str(exc) else ''})"
         ) from None
@@ -459,14 +430,13 @@ def _report_call(call: Callable[[], Path], what: str) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    run_dir = _readable_run(args.run_dir)
     from fedtune import report
 
-    return _report_call(lambda: report.write_report(run_dir), args.run_dir)
+    return _report_call(lambda: report.write_report(Path(args.run_dir)), args.run_dir)
 
 
 def _compare(args: argparse.Namespace) -> int:
-    run_dirs = [_readable_run(name) for name in args.run_dirs]
+    run_dirs = [Path(name) for name in args.run_dirs]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.output or f"runs/compare-{stamp}")
     if out.exists() and not out.is_dir():

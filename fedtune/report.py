@@ -28,22 +28,35 @@ class RunDirError(FedtuneError, ValueError):
 
 
 def read_run(run_dir: Path) -> dict:
-    """summary.json, the metrics.jsonl lines and (if present) partition.json and the scenario."""
+    """summary.json, the metrics.jsonl lines and (if present) partition.json and the
+    scenario, each checked to be JSON objects: RunDirError (one line) for anything else."""
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").is_file() or not (run_dir / "metrics.jsonl").is_file():
-        raise RunDirError(f"{run_dir}: not a fedtune run (no summary.json/metrics.jsonl)")
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    optional = {
-        name: json.loads((run_dir / f"{name}.json").read_text(encoding="utf-8"))
-        for name in ("partition", "scenario")
-        if (run_dir / f"{name}.json").is_file()
-    }
-    return {
-        "dir": run_dir,
-        "summary": json.loads((run_dir / "summary.json").read_text(encoding="utf-8")),
-        "rounds": [json.loads(line) for line in lines if line.strip()],
-        **optional,
-    }
+    if not run_dir.exists():
+        raise RunDirError(f"{run_dir}: no such directory")
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: a file, not a run directory")
+    optional = [name for name in ("partition", "scenario") if (run_dir / f"{name}.json").exists()]
+    run: dict = {"dir": run_dir}
+    for key, file in (
+        ("summary", "summary.json"),
+        ("rounds", "metrics.jsonl"),
+        *((name, f"{name}.json") for name in optional),
+    ):
+        if not (run_dir / file).is_file():
+            raise RunDirError(f"{run_dir}: not a fedtune run (no {file})")
+        try:
+            text = (run_dir / file).read_text(encoding="utf-8")
+            if key == "rounds":
+                run[key] = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                run[key] = json.loads(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+            raise RunDirError(f"{run_dir}: {file} is damaged ({detail})") from None
+        values = run[key] if key == "rounds" else [run[key]]
+        if not all(isinstance(value, dict) for value in values):
+            raise RunDirError(f"{run_dir}: {file} is damaged (not JSON objects)")
+    return run
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
