@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import write_scenario
+from conftest import fedtune, write_scenario
 
 from fedtune import cli, deploy, runtime
 from fedtune.checkpoint import load_checkpoint
@@ -104,19 +104,7 @@ def test_a_run_that_aggregated_nothing_exits_1(
 def test_a_run_whose_clients_all_fail_exits_1(make_scenario, tmp_path: Path) -> None:
     """The real simulation: every client crashes every round, so nothing is aggregated."""
     scenario = make_scenario(federation={"rounds": 1}, faults={"crash": 1.0})
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedtune.cli",
-            "run",
-            "--quiet",
-            str(write_scenario(scenario, tmp_path / "s.yaml")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = fedtune("run", "--quiet", str(write_scenario(scenario, tmp_path / "s.yaml")))
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("fedtune: error: no round aggregated any update"), last
@@ -206,12 +194,7 @@ def test_one_ctrl_c_stops_the_run_and_it_resumes(make_scenario, tmp_path: Path) 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for line in lines[1:]:  # no round recorded the clients the signal killed
         assert line["failures"]["train"]["errors"] == 0, line["failures"]
-    resumed = subprocess.run(
-        [sys.executable, "-m", "fedtune.cli", "run", "--quiet", "--resume", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = fedtune("run", "--quiet", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [h["round"] for h in summary["history"]] == list(range(ROUNDS + 1))
