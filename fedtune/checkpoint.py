@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from fedtune.atomic import save_dir_atomic
-from fedtune.errors import FedtuneError
+from fedtune.errors import FedtuneError, first_line
 
 CHECKPOINT_DIR = "checkpoint"
 FILES = ("weights.safetensors", "state.safetensors", "state.json")
@@ -255,5 +255,4 @@ def _read(path: Path, reader: Callable[[str], Any]) -> Any:
     try:
         return reader(str(path))
     except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: damaged checkpoint file ({detail})") from None
+        raise CheckpointError(f"{path}: damaged checkpoint file ({first_line(exc)})") from None

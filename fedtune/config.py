@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fedtune.bounded_yaml import YamlTooLarge, safe_load
-from fedtune.errors import FedtuneError, cut, short
+from fedtune.errors import FedtuneError, cut, first_line, short
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 MAX_SCENARIO_BYTES = 256 * 1024
@@ -573,8 +573,7 @@ def load_scenario(ref: str | Path, overrides: dict[str, Any] | None = None) -> S
     except YamlTooLarge as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ScenarioError(f"{path}: malformed YAML: {cut(detail, 200)}") from None
+        raise ScenarioError(f"{path}: malformed YAML: {first_line(exc)}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: expected a mapping of sections at the top level")

@@ -26,7 +26,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from fedtune.config import DataConfig, PartitionConfig, Scenario
-from fedtune.errors import FedtuneError
+from fedtune.errors import FedtuneError, first_line
 from fedtune.partitioners import PARTITIONERS
 
 TEXT, LABEL = "text", "label"
@@ -115,8 +115,7 @@ def load_file(cfg: DataConfig) -> datasets.Dataset:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         hint = " (save the file as UTF-8)" if _is_decode_error(exc) else ""
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: cannot read as {fmt}: {detail}{hint}") from None
+        raise DataError(f"{path}: cannot read as {fmt}: {first_line(exc)}{hint}") from None
     for key in ("text_column", "label_column"):
         column = getattr(cfg, key)
         if column not in ds.column_names:

@@ -10,6 +10,13 @@ class FedtuneError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to `limit` characters (its class name
+    when the message is empty): what a one-line error quotes of a library's failure."""
+    lines = str(exc).strip().splitlines()
+    return cut(lines[0], limit) if lines else type(exc).__name__
+
+
 def short(value: object, limit: int = 80) -> str:
     """`repr(value)`, cut to `limit` characters: error messages never repeat a huge input."""
     return cut(repr(value), limit)

@@ -18,7 +18,7 @@ from transformers.utils import logging as hf_logging
 
 from fedtune.adapters import ADAPTERS
 from fedtune.config import PeftSettings
-from fedtune.errors import FedtuneError
+from fedtune.errors import FedtuneError, first_line
 
 EMBEDDED = "embedded"
 
@@ -53,7 +53,7 @@ def check_model(name: str) -> None:
         AutoConfig.from_pretrained(source)
         AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model.name {name!r}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"model.name {name!r}: {first_line(exc)}") from None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -75,7 +75,7 @@ def load_model(
             ignore_mismatched_sizes=True,
         )
     except OSError as exc:
-        raise ModelError(f"model.name {name!r}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"model.name {name!r}: {first_line(exc)}") from None
     if peft is None or peft.method == "none":
         return model
     return add_adapters(model, peft)
@@ -92,7 +92,7 @@ def add_adapters(model: PreTrainedModel, settings: PeftSettings) -> PreTrainedMo
     try:
         wrapped = peft.get_peft_model(model, builder(settings))
     except ValueError as exc:
-        raise ModelError(f"model.peft ({settings.method}): {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"model.peft ({settings.method}): {first_line(exc)}") from None
     frozen = getattr(builder, "frozen", ())
     for name, param in wrapped.named_parameters():
         if any(fragment in name for fragment in frozen):

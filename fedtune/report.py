@@ -16,7 +16,7 @@ from markdown_it import MarkdownIt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedtune.atomic import write_atomic  # noqa: E402
-from fedtune.errors import FedtuneError
+from fedtune.errors import FedtuneError, first_line
 from fedtune.metrics import CENTRAL_KEYS  # noqa: E402
 
 FIGURE_SIZE = (7.0, 4.0)
@@ -51,7 +51,7 @@ def read_run(run_dir: Path) -> dict:
             else:
                 run[key] = json.loads(text)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+            detail = exc.strerror if isinstance(exc, OSError) else first_line(exc)
             raise RunDirError(f"{run_dir}: {file} is damaged ({detail})") from None
         values = run[key] if key == "rounds" else [run[key]]
         if not all(isinstance(value, dict) for value in values):

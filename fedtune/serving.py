@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, StrictStr, StringConstraints
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from fedtune.errors import FedtuneError
+from fedtune.errors import FedtuneError, first_line
 from fedtune.model import ModelError
 from fedtune.train import pick_device
 
@@ -36,11 +36,6 @@ MAX_BODY_BYTES = 1 << 20
 
 class ServeError(FedtuneError):
     """`fedtune serve` cannot listen where it was asked to."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 class Predictor:
@@ -60,7 +55,7 @@ class Predictor:
             )
         except Exception as exc:  # noqa: BLE001 - whatever breaks, the directory is the cause
             raise ModelError(
-                f"{str(model_dir)!r}: cannot load the model: {_first_line(exc)}"
+                f"{str(model_dir)!r}: cannot load the model: {first_line(exc)}"
             ) from None
         missing = sorted(info.get("missing_keys") or [])
         if missing:
@@ -289,7 +284,7 @@ def check_address(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
-        raise ServeError(f"--host {host!r}: cannot resolve: {_first_line(exc)}") from None
+        raise ServeError(f"--host {host!r}: cannot resolve: {first_line(exc)}") from None
     family, kind, proto, _, address = infos[0]
     try:
         with socket.socket(family, kind, proto) as probe:
