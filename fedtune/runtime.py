@@ -219,6 +219,10 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
                 for signum in STOP_SIGNALS:
                     signal.signal(signum, on_signal)
         if received:
+            # The clients the signal stopped make Flower log "actor died" errors from the
+            # simulation thread, which outlives this call: the user asked for the stop, so
+            # Flower's log stays quiet from here on (the process is ending).
+            logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
             _stop_ray(descendants)
             raise Interrupted(received[0], run_dir)
     finally:
