@@ -1,8 +1,9 @@
 """ClientApp: fine-tune on the node's private shard, reply with the weight update only.
 
-A reply holds exactly one ArrayRecord (the update of each trainable parameter, or nothing
-for evaluate; under SCAFFOLD a train reply adds its control-variate delta) and one
-MetricRecord (example counts and scalar metrics): never text, token ids or labels.
+A reply holds exactly one ArrayRecord (the update of each shared trainable parameter, or
+nothing for evaluate; under SCAFFOLD a train reply adds its control-variate delta) and one
+MetricRecord (example counts and scalar metrics): never text, token ids or labels, and never
+the parameters a PEFT method keeps personal (FedSA-LoRA's B: in the node's state only).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from fedtune.model import (
     load_model,
     load_tokenizer,
     load_weights,
+    personal_weights,
     to_record,
     trainable_weights,
 )
@@ -55,12 +57,22 @@ class LocalData:
     val: datasets.Dataset
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A worker process's model and tokenizer, and the initial values of the model's
+    personal parameters (what a node starts from before it has its own)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    initial_personal: dict[str, np.ndarray]
+
+
 @lru_cache(maxsize=2)
-def _model_and_tokenizer(
-    model: ModelConfig, label_names: tuple[str, ...], seed: int
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _loaded_model(model: ModelConfig, label_names: tuple[str, ...], seed: int) -> LoadedModel:
     """One model per worker process; each message overwrites its trainable weights."""
-    return load_model(model.name, label_names, seed, model.peft), load_tokenizer(model.name)
+    loaded = load_model(model.name, label_names, seed, model.peft)
+    initial = personal_weights(loaded, model.peft)
+    return LoadedModel(loaded, load_tokenizer(model.name), initial)
 
 
 def _local_data(
@@ -104,9 +116,9 @@ class LocalNode:
         self.server_round = int(config.get("server-round", 0))
         # The federation's labels come with the message (a deployed node has only its file).
         label_names = tuple(config.get("label-names", ())) or federated_data(scenario).label_names
-        self.model, self.tokenizer = _model_and_tokenizer(
-            scenario.model, label_names, scenario.seed
-        )
+        loaded = _loaded_model(scenario.model, label_names, scenario.seed)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.initial_personal = loaded.initial_personal
         self.data = _local_data(scenario, context.node_config, self.partition_id, label_names)
         self.global_weights = from_record(msg.content["arrays"])
         load_weights(self.model, self.global_weights)
@@ -121,6 +133,18 @@ class LocalNode:
         """What this message cost before training: the process's start-up (a fresh process
         per message in deployment) and the node's set-up (scenario, model, shard, weights)."""
         return {"startup_seconds": self.startup_seconds, "setup_seconds": self.setup_seconds}
+
+    def load_personal(self, state: RecordDict) -> None:
+        """Put this node's own personal parameters (FedSA-LoRA's B) into the model: those
+        its state holds, else their initial values."""
+        if self.initial_personal:
+            stored = state.array_records.get(PERSONAL)
+            load_weights(self.model, from_record(stored) if stored else self.initial_personal)
+
+    def keep_personal(self, state: RecordDict) -> None:
+        """Store the trained personal parameters in the node's state (never in a reply)."""
+        if self.initial_personal:
+            state[PERSONAL] = to_record(personal_weights(self.model, self.scenario.model.peft))
 
     @property
     def run_seed(self) -> int:
@@ -177,6 +201,8 @@ def inject_faults(node: LocalNode) -> Callable[[int], None] | None:
 
 DP_SGD_HISTORY = f"{PREFIX}dp-sgd-history"
 """The node-state record holding the node's opacus accountant history (DP-SGD)."""
+PERSONAL = f"{PREFIX}personal-weights"
+"""The node-state record holding the parameters its PEFT method keeps personal."""
 RESIDUAL = f"{PREFIX}codec-residual"
 """The node-state record holding what the codec has not sent yet (error feedback)."""
 
@@ -296,8 +322,10 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         node = node_for(msg, context)
         refuse_unmasked(node.scenario, context)
         restore_state(context.state, node.state_dir, node.server_round)
+        node.load_personal(context.state)
         step = TrainStep(node, msg.content["config"], context.state, {}, msg.content)
         update = local_update(step)
+        node.keep_personal(context.state)
         for transform in UPDATE_TRANSFORMS:
             update = transform(update, step)
         save_state(context.state, node.state_dir, node.server_round)
@@ -319,6 +347,9 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     def evaluate_local(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         node = node_for(msg, context)
+        # The state after this round's training (a node evaluates after it trains).
+        restore_state(context.state, node.state_dir, node.server_round + 1)
+        node.load_personal(context.state)
         loader = make_loader(node.data.val, node.tokenizer, node.scenario.training.eval_batch_size)
         result = evaluate(node.model, loader, node.device)
         metrics = {

@@ -67,7 +67,8 @@ class PeftSettings(Section):
     classification head train and travel; the frozen backbone never leaves a node."""
 
     method: Annotated[str, registered("fedtune.adapters", "ADAPTERS", "none")] = "none"
-    """A method registered in `fedtune.adapters.ADAPTERS` (lora, ffa_lora, loha, lokr, ia3), or
+    """A method registered in `fedtune.adapters.ADAPTERS` (lora, ffa_lora, fedsa_lora, loha, lokr,
+    ia3), or
     `none`."""
     rank: int = Field(8, ge=1)
     """Adapter rank (`lora`, `ffa_lora`, `loha`, `lokr`)."""

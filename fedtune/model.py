@@ -117,6 +117,29 @@ def trainable_weights(model: PreTrainedModel) -> dict[str, np.ndarray]:
     }
 
 
+def personal_fragments(settings: PeftSettings) -> tuple[str, ...]:
+    """Name fragments of the parameters that `settings`' method keeps on each node
+    (FedSA-LoRA's `.lora_B.`); empty for methods whose trained parameters all travel."""
+    return getattr(ADAPTERS.get(settings.method), "personal", ())
+
+
+def shared_weights(model: PreTrainedModel, settings: PeftSettings) -> dict[str, np.ndarray]:
+    """What travels between server and clients: the trainable parameters, less the
+    method's personal ones."""
+    personal = personal_fragments(settings)
+    return {
+        name: weights
+        for name, weights in trainable_weights(model).items()
+        if not any(fragment in name for fragment in personal)
+    }
+
+
+def personal_weights(model: PreTrainedModel, settings: PeftSettings) -> dict[str, np.ndarray]:
+    """The trainable parameters that never leave a node (see `personal_fragments`)."""
+    shared = shared_weights(model, settings)
+    return {name: w for name, w in trainable_weights(model).items() if name not in shared}
+
+
 def load_weights(model: PreTrainedModel, weights: dict[str, np.ndarray]) -> None:
     """Copy named arrays into the model's parameters; names must match exactly."""
     params = dict(model.named_parameters())

@@ -25,8 +25,8 @@ from fedtune.model import (
     load_model,
     load_tokenizer,
     load_weights,
+    shared_weights,
     to_record,
-    trainable_weights,
 )
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.secagg import SecureAggregation
@@ -121,7 +121,7 @@ class FederatedRun:
         else:
             self.train = PlainTrain(self.strategy, self.config, timeout)
         self.grid = grid
-        self.weights = trainable_weights(self.server.model)
+        self.weights = shared_weights(self.server.model, scenario.model.peft)
 
     def run(self) -> dict:
         """Every round to `federation.rounds`; the summary."""

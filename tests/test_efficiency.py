@@ -12,7 +12,7 @@ from conftest import fedtune, write_scenario
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from transformers import AutoModelForSequenceClassification
 
-from fedtune.client import RESIDUAL, _model_and_tokenizer, build_client_app
+from fedtune.client import RESIDUAL, _loaded_model, build_client_app
 from fedtune.codecs import decode, encode, encode_with_feedback
 from fedtune.config import CodecConfig, ScenarioError
 from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
@@ -174,9 +174,7 @@ def test_lora_int8_reply_holds_only_packed_adapters_and_head(make_scenario, task
     strategy._global = glob  # what configure_train records
     aggregated, _ = strategy.aggregate_train(1, [reply])
     rebuilt = from_record(aggregated)
-    local = trainable_weights(
-        _model_and_tokenizer(scenario.model, fed.label_names, scenario.seed)[0]
-    )
+    local = trainable_weights(_loaded_model(scenario.model, fed.label_names, scenario.seed).model)
     assert any(np.abs(residual[n]).max() > 0 for n in glob), "int8 rounding dropped something"
     for name in glob:
         np.testing.assert_allclose(rebuilt[name] + residual[name], local[name], atol=1e-6)
