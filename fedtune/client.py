@@ -28,6 +28,7 @@ from flwr.supercore.differential_privacy import (
 )
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedtune.adapters.ranks import fresh_adapters, send_factors
 from fedtune.attacks import ATTACKS, malicious_clients, poison
 from fedtune.codecs import encode_with_feedback
 from fedtune.config import ModelConfig, Scenario, scenario_from_run_config
@@ -38,8 +39,8 @@ from fedtune.model import (
     load_tokenizer,
     load_weights,
     personal_weights,
+    shared_weights,
     to_record,
-    trainable_weights,
 )
 from fedtune.node_data import NodeConfig, node_shard, partition_id, state_dir
 from fedtune.node_state import PREFIX, restore_state, save_state
@@ -93,6 +94,15 @@ def _cached_local_data(
     return LocalData(*node_shard(scenario, dict(node_items), pid, label_names, tokenizer))
 
 
+def node_model(model: ModelConfig, partition_id: int) -> ModelConfig:
+    """The model this node trains: with `model.peft.rank_per_client`, LoRA of its own rank."""
+    ranks = model.peft.rank_per_client
+    if ranks is None:
+        return model
+    peft = model.peft.model_copy(update={"rank": ranks[partition_id]})
+    return model.model_copy(update={"peft": peft})
+
+
 def run_seed(seed: int, server_round: int, partition_id: int) -> int:
     """Distinct per (seed, round, client) so every local run is reproducible."""
     return seed * 1_000_003 + server_round * 1_009 + partition_id
@@ -116,12 +126,16 @@ class LocalNode:
         self.server_round = int(config.get("server-round", 0))
         # The federation's labels come with the message (a deployed node has only its file).
         label_names = tuple(config.get("label-names", ())) or federated_data(scenario).label_names
-        loaded = _loaded_model(scenario.model, label_names, scenario.seed)
+        loaded = _loaded_model(
+            node_model(scenario.model, self.partition_id), label_names, scenario.seed
+        )
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.initial_personal = loaded.initial_personal
         self.data = _local_data(scenario, context.node_config, self.partition_id, label_names)
         self.global_weights = from_record(msg.content["arrays"])
         load_weights(self.model, self.global_weights)
+        if scenario.model.peft.rank_per_client:  # adapters of its rank on the dense weights
+            fresh_adapters(self.model, self.run_seed)
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(scenario.federation.client_resources.num_cpus)))
@@ -257,8 +271,16 @@ def local_update(step: TrainStep) -> Arrays:
             **node.setup_metrics(),
         }
     )
-    local = trainable_weights(node.model)
+    local = shared_weights(node.model, node.scenario.model.peft)
     return {name: local[name] - weights for name, weights in node.global_weights.items()}
+
+
+def factors(update: Arrays, step: TrainStep) -> Arrays:
+    """With `rank_per_client`: the node's trained LoRA factors travel in place of the
+    adapted modules' (zero) dense updates."""
+    if not step.node.scenario.model.peft.rank_per_client:
+        return update
+    return send_factors(update, step.node.model)
 
 
 def scaffold_control(update: Arrays, step: TrainStep) -> Arrays:
@@ -304,7 +326,13 @@ def pack(update: Arrays, step: TrainStep) -> Arrays:
 
 
 UpdateTransform = Callable[[Arrays, TrainStep], Arrays]
-UPDATE_TRANSFORMS: tuple[UpdateTransform, ...] = (scaffold_control, clip_for_dp, attack, pack)
+UPDATE_TRANSFORMS: tuple[UpdateTransform, ...] = (
+    factors,
+    scaffold_control,
+    clip_for_dp,
+    attack,
+    pack,
+)
 """Applied in order to the local update before it is sent."""
 
 

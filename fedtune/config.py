@@ -67,9 +67,8 @@ class PeftSettings(Section):
     classification head train and travel; the frozen backbone never leaves a node."""
 
     method: Annotated[str, registered("fedtune.adapters", "ADAPTERS", "none")] = "none"
-    """A method registered in `fedtune.adapters.ADAPTERS` (lora, ffa_lora, fedsa_lora, loha, lokr,
-    ia3), or
-    `none`."""
+    """A method registered in `fedtune.adapters.ADAPTERS` (lora, ffa_lora, fedsa_lora, loha,
+    lokr, ia3), or `none`."""
     rank: int = Field(8, ge=1)
     """Adapter rank (`lora`, `ffa_lora`, `loha`, `lokr`)."""
     alpha: float = Field(16.0, gt=0.0)
@@ -80,6 +79,10 @@ class PeftSettings(Section):
     target_modules: tuple[str, ...] | None = None
     """Module names to adapt; default: peft's choice for the architecture (BERT: query, value;
     ia3: key, value, output.dense)."""
+    rank_per_client: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    """`lora` only: client i trains adapters of rank `rank_per_client[i]` (one per client), and
+    the server aggregates their exact products (see `fedtune.adapters.ranks`); `rank` is then
+    unused by the clients."""
 
 
 class ModelConfig(Section):
@@ -487,6 +490,30 @@ class Scenario(Section):
         eta_g = fed.strategy_params.get("eta_g", 1.0)
         if fed.strategy == "scaffold" and not eta_g > 0:
             raise ValueError(f"federation.strategy_params.eta_g={eta_g} must be positive")
+        return self
+
+    @model_validator(mode="after")
+    def _ranks_fit(self) -> Scenario:
+        """Heterogeneous ranks: one per client; the dense products they are aggregated as
+        exist on the server only, so nothing that sums or clips the factors combines."""
+        ranks, n = self.model.peft.rank_per_client, self.partition.num_clients
+        if ranks is None:
+            return self
+        refused = {
+            "model.peft.method other than lora": self.model.peft.method != "lora",
+            "privacy.secagg": self.privacy.secagg.enabled,
+            "privacy.dp.clipping 'client'": self.privacy.dp.enabled
+            and self.privacy.dp.clipping == "client",
+            "federation.strategy scaffold": self.federation.strategy == "scaffold",
+        }
+        for what, present in refused.items():
+            if present:
+                raise ValueError(f"model.peft.rank_per_client does not combine with {what}")
+        if len(ranks) != n:
+            raise ValueError(
+                f"model.peft.rank_per_client has {len(ranks)} ranks for {n} clients "
+                "(partition.num_clients): give one per client"
+            )
         return self
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedtune.adapters import ADAPTERS
+from fedtune.adapters.ranks import BASE
 from fedtune.config import PeftSettings
 from fedtune.errors import FedtuneError, first_line
 
@@ -125,19 +126,32 @@ def personal_fragments(settings: PeftSettings) -> tuple[str, ...]:
 
 def shared_weights(model: PreTrainedModel, settings: PeftSettings) -> dict[str, np.ndarray]:
     """What travels between server and clients: the trainable parameters, less the
-    method's personal ones."""
+    method's personal ones; with `rank_per_client`, the adapted modules' dense weights in
+    place of their adapters (see `fedtune.adapters.ranks`)."""
     personal = personal_fragments(settings)
-    return {
+    shared = {
         name: weights
         for name, weights in trainable_weights(model).items()
         if not any(fragment in name for fragment in personal)
     }
+    if settings.rank_per_client is None:
+        return shared
+    dense = {
+        name: p.detach().cpu().float().numpy().copy()
+        for name, p in model.named_parameters()
+        if name.endswith(BASE)
+    }
+    return {name: w for name, w in shared.items() if ".lora_" not in name} | dense
 
 
 def personal_weights(model: PreTrainedModel, settings: PeftSettings) -> dict[str, np.ndarray]:
     """The trainable parameters that never leave a node (see `personal_fragments`)."""
-    shared = shared_weights(model, settings)
-    return {name: w for name, w in trainable_weights(model).items() if name not in shared}
+    personal = personal_fragments(settings)
+    return {
+        name: weights
+        for name, weights in trainable_weights(model).items()
+        if any(fragment in name for fragment in personal)
+    }
 
 
 def load_weights(model: PreTrainedModel, weights: dict[str, np.ndarray]) -> None:

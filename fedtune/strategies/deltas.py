@@ -11,6 +11,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedtune.adapters.ranks import RankedLora
 from fedtune.codecs import decode
 from fedtune.config import CodecConfig, ValidationConfig
 from fedtune.model import from_record, to_record
@@ -44,7 +45,8 @@ class DeltaUpdates(Strategy):
     robust aggregators and DP wrappers, which all expect full weights, work unchanged. A
     rejected update never reaches them; `rejected` lists the last round's, with reasons.
     With `uniform_weights`, each reply gets the metric `uniform-weight` = 1 (for an inner
-    FedAvg weighted by it, as client-level DP requires).
+    FedAvg weighted by it, as client-level DP requires). With `ranked` (heterogeneous LoRA
+    ranks), each reply's factors become dense updates first.
     """
 
     def __init__(
@@ -54,10 +56,12 @@ class DeltaUpdates(Strategy):
         codec: CodecConfig | None = None,
         validation: ValidationConfig | None = None,
         uniform_weights: bool = False,
+        ranked: RankedLora | None = None,
     ) -> None:
         self.inner = inner
         self.min_train_nodes = min_train_nodes
         self.uniform_weights = uniform_weights
+        self.ranked = ranked
         self.codec = codec or CodecConfig()
         self.validation = validation or ValidationConfig()
         self.rejected: list[dict] = []
@@ -106,7 +110,7 @@ class DeltaUpdates(Strategy):
         unpacked = []
         for reply in replies:
             try:
-                update = decode(self.codec, from_record(reply.content["arrays"]), self._global)
+                update = self._unpack(reply)
             except (KeyError, ValueError) as exc:
                 self._reject(reply, str(exc))
                 continue
@@ -126,6 +130,18 @@ class DeltaUpdates(Strategy):
             else:
                 accepted.append((reply, update))
         return accepted
+
+    def _unpack(self, reply: Message) -> dict[str, np.ndarray]:
+        """The reply's update, decoded; with heterogeneous LoRA ranks, the client's factors
+        turned into dense updates of the adapted modules."""
+        packed = from_record(reply.content["arrays"])
+        if self.ranked is None:
+            return decode(self.codec, packed, self._global)
+        client = _client_id(reply)
+        if not 0 <= client < len(self.ranked.ranks):
+            raise ValueError(f"no LoRA rank for client {client} (model.peft.rank_per_client)")
+        update = decode(self.codec, packed, self.ranked.reply_shapes(self._global, client))
+        return self.ranked.dense_update(update, self._global, client)
 
     def _reject(self, reply: Message, reason: str) -> None:
         client = _client_id(reply)

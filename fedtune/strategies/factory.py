@@ -6,6 +6,7 @@ from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from fedtune.adapters.ranks import RankedLora
 from fedtune.config import Scenario, ScenarioError
 from fedtune.strategies import STRATEGIES
 from fedtune.strategies.deltas import UNIFORM_WEIGHT, DeltaUpdates
@@ -73,6 +74,13 @@ def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"federation.strategy_params for {cfg.strategy}: {exc}") from None
     inner = with_privacy(inner, scenario)
+    peft = scenario.model.peft
+    ranked = RankedLora(peft.rank_per_client, peft.alpha) if peft.rank_per_client else None
     return DeltaUpdates(
-        inner, scenario.min_train_nodes, scenario.codec, scenario.validation, uniform_weights=dp
+        inner,
+        scenario.min_train_nodes,
+        scenario.codec,
+        scenario.validation,
+        uniform_weights=dp,
+        ranked=ranked,
     )
