@@ -505,6 +505,10 @@ class Scenario(Section):
             "privacy.dp.clipping 'client'": self.privacy.dp.enabled
             and self.privacy.dp.clipping == "client",
             "federation.strategy scaffold": self.federation.strategy == "scaffold",
+            # the residual of last round's factors does not add to fresh factors
+            f"codec {self.codec.kind} with error_feedback (set codec.error_feedback=false)": (
+                self.codec.kind != "none" and self.codec.error_feedback
+            ),
         }
         for what, present in refused.items():
             if present:
