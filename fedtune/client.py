@@ -47,7 +47,14 @@ from fedtune.node_state import PREFIX, restore_state, save_state
 from fedtune.process import startup_seconds
 from fedtune.secagg import refuse_unmasked, secure_mod
 from fedtune.strategies import scaffold
-from fedtune.train import dp_sgd_steps, evaluate, pick_device, proximal_term, train_steps
+from fedtune.train import (
+    dp_sgd_steps,
+    evaluate,
+    mean_gradient,
+    pick_device,
+    proximal_term,
+    train_steps,
+)
 
 
 @dataclass(frozen=True)
@@ -236,6 +243,8 @@ class TrainStep:
     """The train message's records (SCAFFOLD's server control variate comes with them)."""
     records: dict[str, ArrayRecord] = field(default_factory=dict)
     """What the reply carries besides the update and metrics (SCAFFOLD's control delta)."""
+    control_gradient: Arrays | None = None
+    """SCAFFOLD: the loss's mean gradient at the global weights (the node's new `c_i`)."""
 
 
 def local_update(step: TrainStep) -> Arrays:
@@ -258,6 +267,10 @@ def local_update(step: TrainStep) -> Arrays:
     else:
         mu = float(step.config.get("proximal-mu", 0.0))  # sent by FedProx
         terms = [proximal_term(node.model, mu)] if mu > 0 else []
+        batches = scaffold.gradient_batches(step.received)
+        if batches is not None:  # at the global weights, before any local step
+            grad_loader = make_loader(data, node.tokenizer, cfg.batch_size, node.run_seed)
+            step.control_gradient = mean_gradient(node.model, grad_loader, node.device, batches)
         terms += scaffold.correction_terms(node.model, step.received, step.state)
         result = train_steps(
             node.model, loader, cfg, node.device, on_step=on_step, loss_terms=terms
@@ -284,15 +297,12 @@ def factors(update: Arrays, step: TrainStep) -> Arrays:
 
 
 def scaffold_control(update: Arrays, step: TrainStep) -> Arrays:
-    """SCAFFOLD (when the server sends `c`): the node's new control variate stays in its
-    state, its delta goes with the reply; computed from the true update, before any other
-    transform."""
-    node = step.node
-    delta = scaffold.new_client_control(
-        update, step.received, step.state, len(node.data.train), node.scenario.training
-    )
-    if delta is not None:
-        step.records[scaffold.CONTROL_DELTA] = delta
+    """SCAFFOLD (when the server sends `c`): the node's new control variate (its gradient at
+    the global weights) stays in its state, its delta goes with the reply."""
+    if step.control_gradient is not None:
+        delta = scaffold.new_client_control(step.control_gradient, step.received, step.state)
+        if delta is not None:
+            step.records[scaffold.CONTROL_DELTA] = delta
     return update
 
 

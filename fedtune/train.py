@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -194,6 +195,28 @@ def _run(
             if last:
                 break
     return TrainResult(num_examples=seen, mean_loss=loss_sum / max(seen, 1))
+
+
+def mean_gradient(
+    model: PreTrainedModel, loader: DataLoader, device: torch.device, max_batches: int
+) -> dict[str, np.ndarray]:
+    """The mean gradient of the loss over the first `max_batches` batches of `loader`, for
+    every trainable parameter, at the model's current weights (no step is taken)."""
+    model.to(device).train()
+    model.zero_grad(set_to_none=True)
+    batches = 0
+    for batch in itertools.islice(loader, max_batches):
+        model(**{k: v.to(device) for k, v in batch.items()}).loss.backward()
+        batches += 1
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    mean = {
+        name: (p.grad / max(batches, 1)).cpu().numpy().copy()
+        if p.grad is not None
+        else np.zeros(p.shape, np.float32)
+        for name, p in params
+    }
+    model.zero_grad(set_to_none=True)
+    return mean
 
 
 @torch.no_grad()

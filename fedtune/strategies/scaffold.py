@@ -17,11 +17,14 @@ Where the variates live: `c` is the public attribute `control` of the server str
 after every round, so a resumed run continues both exactly.
 
 The client trains with the loss term `<c - c_i, w>` (gradient `c - c_i`: every step follows
-`g_i(w) - c_i + c`), then sets `c_i+ = c_i - c + (x - y_i) / (K lr)`, with `K` its optimizer
-steps and `lr` the configured `training.lr`. That is option II's estimate of the client's mean
-gradient, exact for plain SGD at a constant rate; fedtune's clients run AdamW with warm-up and
-linear decay, so there `c_i` is the client's mean step per unit of configured learning rate
-(an estimate in Adam's units, not the gradient's).
+`g_i(w) - c_i + c`), and sets `c_i+ = g_i(x)`, option I: the mean gradient of its loss at the
+global weights `x`, over its first `gradient_batches` training batches (sent with the train
+message; all of them make it exact), taken before local training. Option II's
+`c_i - c + (x - y_i) / (K lr)` estimates the same gradient from the update, exactly only for
+plain SGD at a constant rate: with fedtune's AdamW clients it measured Adam's steps, not
+gradients (|c - c_i| of 600..1,800 against `max_grad_norm` 1), and the correction then set the
+direction of every clipped step. Option I keeps `c` and `c_i` in the units of the gradients
+they correct, whatever the client's optimizer.
 
 The server: FedAvg (weighted by example count, as every fedtune strategy) with a global
 learning rate, `x+ = x + eta_g * mean(y_i - x)`, and `c+ = c + (|S| / N) * mean(dc_i)` with the
@@ -50,6 +53,9 @@ SERVER_CONTROL = "scaffold-c"
 """The train message's record holding the server control variate `c`."""
 CONTROL_DELTA = "scaffold-dc"
 """The train reply's record holding the client's control-variate delta `c_i+ - c_i`."""
+GRADIENT_BATCHES = "scaffold-gradient-batches"
+"""The train config's entry: how many batches a client's gradient at `x` is taken over."""
+DEFAULT_GRADIENT_BATCHES = 8
 CLIENT_CONTROL = "fedtune/scaffold-c"
 """The node-state record (`Context.state`) holding the client's control variate `c_i`; its
 `fedtune/` prefix makes `fedtune.node_state` persist it."""
@@ -66,16 +72,6 @@ def _arrays(record: ArrayRecord) -> Arrays:
 
 
 # ------------------------------------------------------------------ mathematics
-
-
-def control_update(c_i: Arrays, c: Arrays, update: Arrays, steps: int, lr: float) -> Arrays:
-    """Option II: `c_i+ = c_i - c + (x - y_i) / (steps * lr)`, where `update = y_i - x` is
-    the client's local update after `steps` optimizer steps at learning rate `lr`."""
-    scale = 1.0 / (max(steps, 1) * lr)
-    return {
-        name: (c_i[name] - c[name] - scale * update[name].astype(np.float64)).astype(np.float32)
-        for name in c
-    }
 
 
 def aggregate_controls(
@@ -106,13 +102,6 @@ def server_step(x: Arrays, averaged: Arrays, eta_g: float) -> Arrays:
         name: (x[name] + eta_g * (averaged[name] - x[name])).astype(x[name].dtype)
         for name in averaged
     }
-
-
-def local_steps(num_examples: int, training: Any) -> int:
-    """The optimizer steps `fedtune.train.train_steps` takes on `num_examples` examples with
-    `training` (a `TrainingConfig`): every epoch's batches, a step per `grad_accum_steps`."""
-    batches = training.local_epochs * math.ceil(num_examples / training.batch_size)
-    return max(1, math.ceil(batches / training.grad_accum_steps))
 
 
 def scaffold_term(model: Any, c: Arrays, c_i: Arrays) -> Callable[[], Any]:
@@ -155,18 +144,25 @@ def correction_terms(model: Any, received: RecordDict, state: RecordDict) -> lis
 
 
 def new_client_control(
-    update: Arrays, received: RecordDict, state: RecordDict, num_examples: int, training: Any
+    gradient: Arrays, received: RecordDict, state: RecordDict
 ) -> ArrayRecord | None:
-    """After local training: store `c_i+` in the node's state and return the delta
-    `c_i+ - c_i` to send (None when the server did not send `c`)."""
+    """After local training: store `c_i+ = gradient` (the loss's mean gradient at the global
+    weights) in the node's state and return the delta `c_i+ - c_i` to send (None when the
+    server did not send `c`)."""
     controls = client_controls(received, state)
     if controls is None:
         return None
     c, c_i = controls
-    steps = local_steps(num_examples, training)
-    new = control_update(c_i, c, update, steps, training.lr)
+    new = {name: np.asarray(gradient[name], dtype=np.float32) for name in c}
     state[CLIENT_CONTROL] = _record(new)
     return _record({name: new[name] - c_i[name] for name in c})
+
+
+def gradient_batches(received: RecordDict) -> int | None:
+    """How many batches the client's `c_i+` is estimated on (None: not a SCAFFOLD message)."""
+    if SERVER_CONTROL not in received.array_records:
+        return None
+    return int(received["config"].get(GRADIENT_BATCHES, DEFAULT_GRADIENT_BATCHES))
 
 
 # ------------------------------------------------------------------ server side
@@ -177,17 +173,32 @@ class Scaffold(FedAvg):
     control variate `control` (`c`), sent with every train message and updated from the
     deltas the clients reply with. Use it behind `DeltaUpdates` (as `build_strategy` does)."""
 
-    def __init__(self, eta_g: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        eta_g: float = 1.0,
+        gradient_batches: int = DEFAULT_GRADIENT_BATCHES,
+        **kwargs: Any,
+    ) -> None:
         if not (math.isfinite(eta_g) and eta_g > 0):
             raise ValueError(f"eta_g must be a positive number, not {eta_g}")
+        if not (isinstance(gradient_batches, int) and gradient_batches >= 1):
+            raise ValueError(
+                f"gradient_batches must be a whole number >= 1, not {gradient_batches}"
+            )
         super().__init__(**kwargs)
         self.eta_g = eta_g
+        self.gradient_batches = gradient_batches
         self.control: Arrays = {}
         self._global: Arrays = {}
         self._num_nodes = 0
 
     def summary(self) -> None:
-        log(INFO, "\t├──> SCAFFOLD: eta_g (%s)", self.eta_g)
+        log(
+            INFO,
+            "\t├──> SCAFFOLD: eta_g (%s), gradient_batches (%s)",
+            self.eta_g,
+            self.gradient_batches,
+        )
         super().summary()
 
     def configure_train(
@@ -203,6 +214,7 @@ class Scaffold(FedAvg):
         record = _record(self.control)
         for message in messages:  # they share one RecordDict
             message.content[SERVER_CONTROL] = record
+            message.content["config"][GRADIENT_BATCHES] = self.gradient_batches
         return messages
 
     def aggregate_train(
