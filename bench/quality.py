@@ -104,6 +104,17 @@ CASES: list[dict] = [
                 "overrides": {"model.peft.method": "ffa_lora", "model.peft.alpha": 64},
             },
             {"name": "LoRA r8, lr 4e-3", "scenario": "lora", "overrides": {"training.lr": 4e-3}},
+            {
+                "name": "LoRA ranks 4/8/8/16",
+                "scenario": "lora",
+                "overrides": {"model.peft.rank_per_client": "[4, 8, 8, 16]"},
+            },
+            {
+                "name": "FedSA-LoRA (shared model)",
+                "scenario": "lora",
+                "overrides": {"model.peft.method": "fedsa_lora"},
+                "role": "extra",
+            },
         ],
     },
     {
@@ -626,10 +637,22 @@ def _value_cell(row: dict) -> str:
     return text
 
 
+def at_majority(row: dict) -> bool:
+    """The row's model is (as good as) the always-majority-class one: its accuracy is the
+    majority's share and its macro-F1 no more than that predictor's with two classes."""
+    majority, accuracy = row.get("majority"), row.get("accuracy")
+    if not majority or accuracy is None:
+        return False
+    share = majority["share"]
+    return abs(accuracy - share) < 0.005 and row["macro_f1"] < share / (1 + share) + 0.005
+
+
 def _result_cell(row: dict) -> str:
     result = row["result"]
     if result in ("met", "missed"):
         result = f"**{result}**"
+    if at_majority(row):
+        result += ", at the majority class"
     text = f"{result} ({row['detail']})" if row.get("detail") else result
     if row.get("error"):
         text += f": {row['error'][:160]}"

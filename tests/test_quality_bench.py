@@ -204,6 +204,16 @@ def test_within_and_best_pick(quality) -> None:
     assert quality.pick_best(["a", "b", "c"], gap_of) == "b"
 
 
+def test_a_model_at_the_majority_class_is_said_so(quality) -> None:
+    majority = {"label": "negative", "share": 0.62}
+    always_negative = {"majority": majority, "accuracy": 0.62, "macro_f1": 0.2551}
+    learnt = {"majority": majority, "accuracy": 0.62, "macro_f1": 0.45}
+    better = {"majority": majority, "accuracy": 0.70, "macro_f1": 0.25}
+    assert quality.at_majority(always_negative)
+    assert not quality.at_majority(learnt) and not quality.at_majority(better)
+    assert "at the majority class" in quality._result_cell({**always_negative, "result": "met"})
+
+
 def test_dry_run_validates_every_shipped_command(quality, bench, capsys) -> None:
     quality.main(["--dry-run"])  # loads each scenario with its overrides: unknown keys fail
     out = capsys.readouterr().out
