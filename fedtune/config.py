@@ -233,9 +233,20 @@ class CodecConfig(Section):
     """`int8`: entries per scale; 0 means one scale per tensor."""
     topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
     """`topk`: share of each tensor's entries sent."""
+    dense_below: int = Field(0, ge=0)
+    """`topk`: a tensor of fewer entries (biases, LayerNorms, a small head) is sent whole."""
+    topk_warmup_rounds: int = Field(0, ge=0)
+    """`topk`: a node's first updates send more, falling geometrically to `topk_fraction`
+    (DGC's density warm-up); counted in the error-feedback state, so it needs that on."""
     error_feedback: bool = True
     """Lossy codecs: what rounding or sparsification dropped is kept in the node's state and
     added to its next update."""
+
+    @model_validator(mode="after")
+    def _warmup_counts_in_feedback(self) -> CodecConfig:
+        if self.topk_warmup_rounds and not self.error_feedback:
+            raise ValueError("codec.topk_warmup_rounds needs codec.error_feedback")
+        return self
 
 
 class FaultsConfig(Section):

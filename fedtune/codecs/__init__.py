@@ -66,15 +66,28 @@ def decode(cfg: CodecConfig, packed: Arrays, like: Arrays) -> Arrays:
     return update
 
 
+ROUNDS = "::rounds"
+"""The residual's entry counting the node's packed updates, kept while a codec's schedule
+(top-k's density warm-up) depends on it; no tensor name starts with "::"."""
+
+
 def encode_with_feedback(
     cfg: CodecConfig, update: Arrays, residual: Arrays | None
 ) -> tuple[Arrays, Arrays | None]:
     """Pack `update` plus what earlier rounds' packing dropped (error feedback); returns the
-    packed update and the new residual (None when the codec is lossless or feedback is off)."""
-    if CODECS[cfg.kind].lossless or not cfg.error_feedback:
+    packed update and the new residual (None when the codec is lossless or feedback is off).
+    The codec packs the node's n-th update (n = 0, 1, ...) with `codec.scheduled(cfg, n)`."""
+    codec = CODECS[cfg.kind]
+    if codec.lossless or not cfg.error_feedback:
         return encode(cfg, update), None
+    residual = dict(residual or {})
+    sent_before = int(residual.pop(ROUNDS, np.zeros(1))[0])
     if residual:
         update = {name: u + residual.get(name, 0.0) for name, u in update.items()}
-    packed = encode(cfg, update)
-    sent = decode(cfg, packed, update)
-    return packed, {name: update[name] - sent[name] for name in update}
+    now = codec.scheduled(cfg, sent_before)
+    packed = encode(now, update)
+    sent = decode(now, packed, update)
+    residual = {name: update[name] - sent[name] for name in update}
+    if codec.scheduled(cfg, 0) != cfg:  # the codec follows a schedule: keep counting
+        residual[ROUNDS] = np.array([sent_before + 1], dtype=np.int64)
+    return packed, residual

@@ -21,6 +21,11 @@ class Codec(ABC):
     lossless: ClassVar[bool] = False
     """Decoding gives back exactly what was encoded: error feedback has nothing to keep."""
 
+    def scheduled(self, cfg: CodecConfig, sent_before: int) -> CodecConfig:
+        """The settings for a node's update after `sent_before` earlier ones (a schedule such
+        as top-k's density warm-up; error feedback counts them); decoding must not need it."""
+        return cfg
+
     @abstractmethod
     def encode(self, tensor: np.ndarray, cfg: CodecConfig) -> Arrays:
         """The parts of a float32 `tensor`."""
