@@ -532,6 +532,9 @@ def case_rows(case: dict, records: dict[str, dict | None], full_bytes: float | N
             row["result"] = "reference"
         elif ref_point is None:
             row["result"] = "no reference"
+        elif variant["name"] == best and _reference_at_majority(row, ref_point):
+            row["result"] = "no verdict"
+            row["detail"] = "the reference is at the majority class"
         elif variant["name"] == best:
             row["result"], row["detail"] = verdict(
                 case, variant, record, ref_point, rounds, row["bytes_share"]
@@ -541,6 +544,11 @@ def case_rows(case: dict, records: dict[str, dict | None], full_bytes: float | N
             row["result"], row["detail"] = "-", f"{g[0]:+.1f} / {g[1]:+.1f} pts"
         rows.append(row)
     return rows
+
+
+def _reference_at_majority(row: dict, ref_point: dict) -> bool:
+    """A reference that learnt nothing (the majority class) measures no gap."""
+    return at_majority({**ref_point, "majority": row.get("majority")})
 
 
 def _rounds_of(record: dict | None) -> int:

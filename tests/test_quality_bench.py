@@ -212,6 +212,8 @@ def test_a_model_at_the_majority_class_is_said_so(quality) -> None:
     assert quality.at_majority(always_negative)
     assert not quality.at_majority(learnt) and not quality.at_majority(better)
     assert "at the majority class" in quality._result_cell({**always_negative, "result": "met"})
+    assert quality._reference_at_majority({"majority": majority}, always_negative)
+    assert not quality._reference_at_majority({"majority": majority}, learnt)
 
 
 def test_dry_run_validates_every_shipped_command(quality, bench, capsys) -> None:
