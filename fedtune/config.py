@@ -228,9 +228,10 @@ class CodecConfig(Section):
     kind: Annotated[str, registered("fedtune.codecs", "CODECS")] = "none"
     """A codec registered in `fedtune.codecs.CODECS`. `none`: float32; `fp16`/`bf16`: half
     precision; `int8`: 8-bit with a float32 scale per block; `topk`: only the
-    largest-magnitude entries of each tensor, with their indices."""
+    largest-magnitude entries of each tensor, with their indices; `onebit`: each entry's sign
+    (1 bit) with a float32 mean magnitude per block."""
     block_size: int = Field(0, ge=0)
-    """`int8`: entries per scale; 0 means one scale per tensor."""
+    """`int8`, `onebit`: entries per scale; 0 means one scale per tensor."""
     topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
     """`topk`: share of each tensor's entries sent."""
     dense_below: int = Field(0, ge=0)

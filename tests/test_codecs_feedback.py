@@ -1,5 +1,5 @@
-"""Top-k's options for fine-tuning: small tensors sent dense, density warm-up, and error
-feedback that loses nothing."""
+"""Codecs for fine-tuning: top-k's small tensors sent dense and its density warm-up, the
+one-bit scaled sign, and error feedback that loses nothing."""
 
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ def test_density_warmup_follows_its_schedule(fraction, warmup, shares) -> None:
         {"kind": "topk", "topk_fraction": 0.01, "dense_below": 100, "topk_warmup_rounds": 2},
         {"kind": "topk", "topk_fraction": 0.05},
         {"kind": "int8"},
+        {"kind": "onebit", "block_size": 64},
     ],
 )
 def test_error_feedback_conserves_the_sum(codec) -> None:
@@ -79,7 +80,8 @@ def test_error_feedback_conserves_the_sum(codec) -> None:
             old = 0.0 if residual is None else residual[name]
             np.testing.assert_allclose(sent[name] + new[name], value + old, atol=1e-6)
             # nothing sent twice, nothing kept that was sent
-            assert np.all((sent[name] == 0) | (new[name] == 0)) or codec["kind"] == "int8"
+            if codec["kind"] == "topk":
+                assert np.all((sent[name] == 0) | (new[name] == 0))
         residual = new
         assert set(residual) - {ROUNDS} == set(UPDATE), n
 
@@ -88,3 +90,24 @@ def test_warmup_without_error_feedback_is_a_scenario_error() -> None:
     raw = {"codec": {"kind": "topk", "topk_warmup_rounds": 2, "error_feedback": False}}
     with pytest.raises(ScenarioError, match="topk_warmup_rounds"):
         scenario_from_dict(raw)
+
+
+def test_onebit_sends_each_sign_and_each_blocks_mean_magnitude() -> None:
+    cfg = CodecConfig(kind="onebit", block_size=64)
+    packed = encode(cfg, UPDATE)
+    back = decode(cfg, packed, UPDATE)
+    for name, value in UPDATE.items():
+        flat = value.ravel()
+        assert packed[f"{name}::bits"].dtype == np.uint8
+        assert packed[f"{name}::bits"].size == -(-flat.size // 8)  # 1 bit per entry
+        blocks = [flat[i : i + 64] for i in range(0, flat.size, 64)]  # the last one short
+        np.testing.assert_allclose(
+            packed[f"{name}::scale"], [np.abs(b).mean() for b in blocks], rtol=1e-6
+        )
+        expected = np.concatenate([np.where(b >= 0, 1.0, -1.0) * np.abs(b).mean() for b in blocks])
+        np.testing.assert_allclose(back[name].ravel(), expected, rtol=1e-6)
+    full = sum(v.nbytes for v in UPDATE.values())
+    assert sum(a.nbytes for a in packed.values()) < full / 32 + full / 64 + 16
+    packed["encoder.w::scale"] = packed["encoder.w::scale"][:-1]
+    with pytest.raises(ValueError, match="encoder.w"):
+        decode(cfg, packed, UPDATE)

@@ -2,7 +2,8 @@
 
 A packed update is a flat dict of numpy arrays (one ArrayRecord): each tensor `name` travels
 as the parts of its codec, `name<suffix>` (`name` for `none`/`fp16`/`bf16`, `name::q` +
-`name::scale` for `int8`, `name::idx` + `name::val` for `topk`). Unpacking needs the tensors'
+`name::scale` for `int8`, `name::idx` + `name::val` for `topk`,
+`name::bits` + `name::scale` for `onebit`). Unpacking needs the tensors'
 shapes, which the server has (the global weights). A new codec is one file holding a
 `Codec` subclass plus its entry in `CODECS`; `codec.kind` accepts every registered name.
 """
@@ -18,6 +19,7 @@ from fedtune.codecs.bf16 import BFloat16
 from fedtune.codecs.fp16 import Float16
 from fedtune.codecs.int8 import Int8
 from fedtune.codecs.none import Float32
+from fedtune.codecs.onebit import OneBit
 from fedtune.codecs.topk import TopK
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ CODECS: dict[str, Codec] = {
     "bf16": BFloat16(),
     "int8": Int8(),
     "topk": TopK(),
+    "onebit": OneBit(),
 }
 """`codec.kind` -> codec; registering a new codec is one entry."""
 
