@@ -163,9 +163,26 @@ CASES: list[dict] = [
                 "quick": True,
             },
             {
+                "name": "top-k 1% + EF, small tensors whole, density warm-up 2",
+                "scenario": "quickstart",
+                "overrides": {
+                    "codec.kind": "topk",
+                    "codec.topk_fraction": 0.01,
+                    "codec.dense_below": 4096,
+                    "codec.topk_warmup_rounds": 2,
+                },
+                "extra_rounds": 7,
+            },
+            {
                 "name": "int8",
                 "scenario": "quickstart",
                 "overrides": {"codec.kind": "int8"},
+                "role": "extra",
+            },
+            {
+                "name": "1-bit EF-signSGD, block 384",
+                "scenario": "quickstart",
+                "overrides": {"codec.kind": "onebit", "codec.block_size": 384},
                 "role": "extra",
             },
             {
