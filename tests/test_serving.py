@@ -313,7 +313,9 @@ def test_oversized_bodies_get_413(server: tuple[str, FastAPI]) -> None:
     streamed = httpx.post(f"{url}/predict", content=chunks(), headers=JSON)
     assert streamed.status_code == 413
     assert streamed.json()["detail"] == f"request body larger than {MAX_BODY} bytes"
-    assert sent < 2 * 1024 * 1024, "the server stopped reading long before 50 MB"
+    # What the client pushes before it reads the 413 depends on socket buffers and load
+    # (2.6 MB seen on a busy machine); reading stops exactly at the limit (next test).
+    assert sent < 16 * 1024 * 1024, "the server stopped reading long before 50 MB"
     # At the limit a body is read and answered as usual.
     body = b'{"texts": ["great"]}'
     padded = body + b" " * (MAX_BODY - len(body))
