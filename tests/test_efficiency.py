@@ -75,7 +75,7 @@ def test_int8_error_is_half_a_step_and_blocks_help_mixed_scales() -> None:
 
 
 def test_topk_keeps_exactly_the_largest_entries() -> None:
-    packed, back = _round_trip(kind="topk", topk_fraction=0.05)
+    packed, back = _round_trip(kind="topk", topk_fraction=0.05, dense_below=0)
     for name, value in UPDATE.items():
         k = int(np.ceil(0.05 * value.size))
         assert packed[f"{name}::idx"].shape == (k,)
@@ -86,7 +86,7 @@ def test_topk_keeps_exactly_the_largest_entries() -> None:
 
 
 def test_error_feedback_accumulates_what_was_not_sent() -> None:
-    cfg = CodecConfig(kind="topk", topk_fraction=0.1)
+    cfg = CodecConfig(kind="topk", topk_fraction=0.1, dense_below=0)
     residual, sent_total = None, {k: np.zeros_like(v) for k, v in UPDATE.items()}
     for _ in range(8):
         packed, residual = encode_with_feedback(cfg, UPDATE, residual)
