@@ -145,7 +145,9 @@ def test_full_run_table_verdicts_and_plot(quality, bench) -> None:
     assert rows_by_variant(bench, "pathological")["fedprox"]["result"] == "report"
 
     codecs = rows_by_variant(bench, "codecs")
-    topk = codecs["top-k 1% + EF"]
+    assert codecs["top-k 1% + EF"]["result"] == "-"  # as far at round 3, no extra rounds
+    assert codecs[quality.TOPK_WARMUP]["best"]
+    topk = codecs[quality.TOPK_WARMUP]
     assert topk["result"] == "met" and "within at round 5 (+2)" in topk["detail"]
     assert topk["rounds"] == 3 and topk["last"]["round"] == 10
     assert codecs["int8"]["target"] == "(bytes plot)"
@@ -187,9 +189,10 @@ def test_quick_commands_are_small_and_keyed_apart(quality, bench) -> None:
     case = next(c for c in quality.CASES if c["name"] == "codecs")
     quick = quality.case_invocations(case, True)
     full = quality.case_invocations(case, False)
-    assert set(quick) == {"full FT", "top-k 1% + EF", "centralized", "local"}
-    assert quick["top-k 1% + EF"].get("federation.rounds") == "2"
-    assert full["top-k 1% + EF"].get("federation.rounds") == "10"
+    assert set(quick) == {"full FT", quality.TOPK_WARMUP, "centralized", "local"}
+    assert quick[quality.TOPK_WARMUP].get("federation.rounds") == "2"
+    assert full[quality.TOPK_WARMUP].get("federation.rounds") == "10"
+    assert full["top-k 1% + EF"].get("federation.rounds") is None
     assert quick["full FT"].get("data.max_samples") == "300"
     assert quick["full FT"].key(True).endswith(" [quick]")
     assert full["full FT"].key(False) == "fedtune run quickstart"
@@ -201,7 +204,8 @@ def test_quick_commands_are_small_and_keyed_apart(quality, bench) -> None:
 def test_within_and_best_pick(quality) -> None:
     assert quality.within((-1.0, 0.5), 1.0) and not quality.within((-1.01, 2.0), 1.0)
     gap_of = {"a": (-0.5, -3.0), "b": (-1.5, -1.5), "c": (2.0, -4.0)}
-    assert quality.pick_best(["a", "b", "c"], gap_of) == "b"
+    assert quality.pick_best(["a", "b", "c"], gap_of, set()) == "b"
+    assert quality.pick_best(["a", "b", "c"], gap_of, {"c"}) == "c"  # met with extra rounds
 
 
 def test_a_model_at_the_majority_class_is_said_so(quality) -> None:
