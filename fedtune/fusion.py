@@ -1,0 +1,542 @@
+"""Text + tabular fusion classifier in HF conventions, and federated tabular statistics.
+
+`FusionModel` runs a BERT-family encoder over the text and a small tabular tower (one
+embedding per categorical column, normalised numerics with missing-indicators, an MLP) and
+fuses both in its `classifier` head (`concat` or `gated`). `TabularSpec` declares the columns,
+their normalisation and vocabularies; in a federation it comes from `merge_statistics` over
+each client's `local_statistics` (counts and sums only, never a row), so no row leaves a node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from fedtune.data import DataError
+from fedtune.errors import short
+
+if TYPE_CHECKING:
+    import datasets
+    import peft
+
+FUSIONS = ("concat", "gated")
+POOLINGS = ("mean", "cls")
+FUSION_TRAINABLE_MODULES = ("tabular", "classifier")
+"""The fusion model's new modules: trained in full (peft `modules_to_save`) beside adapters."""
+LORA_TARGETS = ("query", "value")
+"""The BERT encoder's attention projections that `fusion_lora_config` adapts by default."""
+
+Rows = Mapping[str, Sequence[Any]]
+"""Columns of equal length: a dict of lists, an HF `datasets` batch or a pandas frame."""
+
+
+# ---- spec -------------------------------------------------------------------------------
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NumericColumn(_Frozen):
+    """A numeric column, normalised as (value - mean) / std."""
+
+    name: str
+    mean: float = Field(allow_inf_nan=False)
+    std: float = Field(gt=0.0, allow_inf_nan=False)
+
+
+class CategoricalColumn(_Frozen):
+    """A categorical column: value `vocabulary[i]` has index i + 1; index 0 is reserved
+    for unknown (unseen or missing) values."""
+
+    name: str
+    vocabulary: tuple[str, ...]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CategoricalColumn:
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise ValueError(f"categorical column {self.name!r}: repeated vocabulary values")
+        return self
+
+
+class TabularSpec(_Frozen):
+    """The tabular features a fusion model reads, in this order; JSON-serialisable."""
+
+    numeric: tuple[NumericColumn, ...] = ()
+    categorical: tuple[CategoricalColumn, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TabularSpec:
+        names = [c.name for c in (*self.numeric, *self.categorical)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tabular columns {names}: each column may appear once")
+        return self
+
+    @property
+    def numeric_width(self) -> int:
+        """Width of `encode_tabular`'s `numeric`: a value and a missing-indicator per column."""
+        return 2 * len(self.numeric)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TabularSpec:
+        return cls.model_validate(data)
+
+
+# ---- encoding rows ----------------------------------------------------------------------
+
+
+def _column(rows: Rows, name: str) -> list[Any]:
+    if name not in rows:
+        raise DataError(f"tabular column {name!r} not among the columns {list(rows)}")
+    return list(rows[name])
+
+
+def _numbers(values: list[Any], name: str) -> np.ndarray:
+    """`values` as float64, NaN where missing (None, NaN, +-inf); DataError naming the column
+    on a value that is not a number."""
+    raw = pd.Series(values, dtype=object)
+    parsed = pd.to_numeric(raw, errors="coerce").astype(float)
+    bad = parsed.isna() & raw.notna()
+    if bad.any():
+        raise DataError(
+            f"tabular column {name!r}: non-numeric value {short(raw[bad].iloc[0])} "
+            f"(row {int(np.flatnonzero(bad)[0])})"
+        )
+    array = np.array(parsed, dtype=np.float64)
+    array[~np.isfinite(array)] = np.nan
+    return array
+
+
+def _category(value: Any) -> str | None:
+    """A categorical value as its vocabulary string (None when missing); integral floats
+    as integers, so 3 and 3.0 are one category."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _row_count(rows: Rows, spec: TabularSpec) -> int:
+    names = [c.name for c in (*spec.numeric, *spec.categorical)]
+    lengths = {name: len(_column(rows, name)) for name in names}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"tabular columns of different lengths: {lengths}")
+    if lengths:
+        return next(iter(lengths.values()))
+    return len(next(iter(rows.values()))) if rows else 0
+
+
+def encode_tabular(rows: Rows, spec: TabularSpec) -> dict[str, torch.Tensor]:
+    """`numeric` float32 [n, 2 * numeric columns]: the normalised values (0 where missing),
+    then one missing-indicator per column; `categorical` int64 [n, categorical columns]:
+    vocabulary indices, 0 for unknown or missing values."""
+    n = _row_count(rows, spec)
+    values = np.zeros((n, len(spec.numeric)), dtype=np.float64)
+    missing = np.zeros_like(values)
+    for j, column in enumerate(spec.numeric):
+        x = _numbers(_column(rows, column.name), column.name)
+        missing[:, j] = np.isnan(x)
+        values[:, j] = np.where(np.isnan(x), 0.0, (x - column.mean) / column.std)
+    ids = np.zeros((n, len(spec.categorical)), dtype=np.int64)
+    for j, column in enumerate(spec.categorical):
+        index = {value: i + 1 for i, value in enumerate(column.vocabulary)}
+        ids[:, j] = [index.get(_category(v), 0) for v in _column(rows, column.name)]
+    numeric = np.concatenate([values, missing], axis=1).astype(np.float32)
+    return {"numeric": torch.from_numpy(numeric), "categorical": torch.from_numpy(ids)}
+
+
+def with_tabular(ds: datasets.Dataset, spec: TabularSpec) -> datasets.Dataset:
+    """`ds` with `numeric` and `categorical` columns from `encode_tabular` (lists per row),
+    which `DataCollatorWithPadding` batches beside the tokens."""
+
+    def encode(batch: Rows) -> dict[str, list]:
+        return {name: tensor.tolist() for name, tensor in encode_tabular(batch, spec).items()}
+
+    return ds.map(encode, batched=True)
+
+
+# ---- federated statistics ---------------------------------------------------------------
+
+
+def local_statistics(
+    rows: Rows, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
+) -> dict[str, dict]:
+    """One client's sufficient statistics: per numeric column only `count`, `sum` and
+    `sum_sq` of its present values, per categorical column only value -> count (missing
+    values left out). With a single row, `sum` is that row's value: keep shards larger."""
+    stats: dict[str, dict] = {"numeric": {}, "categorical": {}}
+    for name in numeric:
+        x = _numbers(_column(rows, name), name)
+        x = x[~np.isnan(x)]
+        stats["numeric"][name] = {
+            "count": float(x.size),
+            "sum": float(x.sum()),
+            "sum_sq": float(np.square(x).sum()),
+        }
+    for name in categorical:
+        counts = Counter(_category(v) for v in _column(rows, name))
+        counts.pop(None, None)
+        stats["categorical"][name] = {value: int(n) for value, n in sorted(counts.items())}
+    return stats
+
+
+def flatten_statistics(stats: Mapping[str, Mapping]) -> dict[str, float | int]:
+    """`local_statistics` as one flat str -> number dict (keys are JSON lists), for a Flower
+    MetricRecord; `["categorical", column]` marks each categorical column (its total)."""
+    flat: dict[str, float | int] = {}
+    for name, fields in stats.get("numeric", {}).items():
+        for field in ("count", "sum", "sum_sq"):
+            flat[json.dumps(["numeric", name, field])] = float(fields[field])
+    for name, counts in stats.get("categorical", {}).items():
+        flat[json.dumps(["categorical", name])] = int(sum(counts.values()))
+        for value, n in counts.items():
+            flat[json.dumps(["categorical", name, value])] = int(n)
+    return flat
+
+
+def unflatten_statistics(flat: Mapping[str, float | int]) -> dict[str, dict]:
+    """The inverse of `flatten_statistics`."""
+    stats: dict[str, dict] = {"numeric": {}, "categorical": {}}
+    for key, value in flat.items():
+        try:
+            kind, name, *rest = json.loads(key)
+        except (ValueError, TypeError):
+            raise DataError(f"tabular statistics: malformed key {short(key)}") from None
+        if kind not in stats or len(rest) > 1:
+            raise DataError(f"tabular statistics: malformed key {short(key)}")
+        column = stats[kind].setdefault(name, {})
+        if rest:
+            column[rest[0]] = value
+    return stats
+
+
+def _check_numeric(name: str, fields: Any) -> np.ndarray:
+    """A client's (count, sum, sum_sq) of column `name`."""
+    try:
+        return np.array([float(fields[key]) for key in ("count", "sum", "sum_sq")])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(
+            f"tabular statistics for {name!r}: need numbers count, sum, sum_sq"
+        ) from None
+
+
+def merge_statistics(
+    client_stats: Sequence[Mapping[str, Mapping]],
+    max_categories: int | None = None,
+    min_count: int = 1,
+) -> TabularSpec:
+    """The federation's TabularSpec from clients' `local_statistics`: each numeric column's
+    mean and (population) std from the summed counts and sums (std 1 for a constant column),
+    each vocabulary sorted by total count (descending) then value, values seen fewer than
+    `min_count` times dropped, capped at `max_categories`. Columns sorted by name. (The
+    variance from sums loses precision where a column's mean dwarfs its spread, e.g. raw
+    Unix timestamps: shift such a column before.)"""
+    totals: dict[str, np.ndarray] = {}
+    counts: dict[str, Counter] = {}
+    for stats in client_stats:
+        for name, fields in stats.get("numeric", {}).items():
+            totals[name] = totals.get(name, np.zeros(3)) + _check_numeric(name, fields)
+        for name, values in stats.get("categorical", {}).items():
+            counts.setdefault(name, Counter()).update({str(v): int(n) for v, n in values.items()})
+    both = sorted(set(totals) & set(counts))
+    if both:
+        raise DataError(
+            f"tabular column {both[0]!r}: numeric for some clients, categorical for others"
+        )
+    numeric = []
+    for name in sorted(totals):
+        n, total, total_sq = totals[name]
+        if n <= 0:
+            raise DataError(f"tabular column {name!r}: no client holds a numeric value")
+        mean = total / n
+        std = math.sqrt(max(total_sq / n - mean * mean, 0.0))
+        numeric.append(NumericColumn(name=name, mean=mean, std=std if std > 0 else 1.0))
+    categorical = []
+    for name in sorted(counts):
+        kept = [(v, n) for v, n in counts[name].items() if n >= min_count]
+        kept.sort(key=lambda item: (-item[1], item[0]))
+        vocabulary = tuple(v for v, _ in kept[:max_categories])
+        categorical.append(CategoricalColumn(name=name, vocabulary=vocabulary))
+    return TabularSpec(numeric=tuple(numeric), categorical=tuple(categorical))
+
+
+# ---- model ------------------------------------------------------------------------------
+
+
+class FusionConfig(PretrainedConfig):
+    """A fusion classifier: `encoder` the text encoder's config as a dict (with its
+    `model_type`), `tabular` a TabularSpec as a dict, `embedding_dim` per categorical
+    column, `tabular_hidden_size` the width of the tabular MLP and the fusion head, `fusion`
+    `concat` or `gated`, `pooling` `mean` (masked mean of the last hidden states) or `cls`
+    (the encoder's pooled [CLS] output); labels as usual (num_labels, id2label, label2id)."""
+
+    model_type = "fedtune-fusion"
+
+    encoder: dict | None = None
+    tabular: dict | None = None
+    embedding_dim: int = 16
+    tabular_hidden_size: int = 64
+    fusion: str = "concat"
+    pooling: str = "mean"
+    dropout: float = 0.1
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion {self.fusion!r}: not one of {FUSIONS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r}: not one of {POOLINGS}")
+
+    def encoder_config(self) -> PretrainedConfig:
+        if not self.encoder:
+            raise ValueError("FusionConfig has no encoder config")
+        fields = dict(self.encoder)
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+    def tabular_spec(self) -> TabularSpec:
+        return TabularSpec.from_dict(self.tabular or {})
+
+
+class TabularTower(nn.Module):
+    """Categorical embeddings and numeric features (with missing-indicators) through an MLP."""
+
+    def __init__(self, spec: TabularSpec, embedding_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        if not spec.numeric and not spec.categorical:
+            raise ValueError("the TabularSpec declares no columns")
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(len(c.vocabulary) + 1, embedding_dim) for c in spec.categorical
+        )
+        width = len(spec.categorical) * embedding_dim + spec.numeric_width
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden)
+        )
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        parts = [embed(categorical[:, j]) for j, embed in enumerate(self.embeddings)]
+        return self.mlp(torch.cat([*parts, numeric.to(self.mlp[0].weight.dtype)], dim=-1))
+
+
+class FusionHead(nn.Module):
+    """`concat`: [text; tabular] -> MLP -> logits. `gated`: a learned sigmoid gate g mixes
+    the projected vectors, g * P(text) + (1 - g) * Q(tabular), -> logits."""
+
+    def __init__(self, text: int, tabular: int, labels: int, fusion: str, dropout: float):
+        super().__init__()
+        self.fusion = fusion
+        self.dropout = nn.Dropout(dropout)
+        if fusion == "gated":
+            self.text_proj = nn.Linear(text, tabular)
+            self.tabular_proj = nn.Linear(tabular, tabular)
+            self.gate = nn.Linear(text + tabular, tabular)
+        else:
+            self.hidden = nn.Linear(text + tabular, tabular)
+        self.out = nn.Linear(tabular, labels)
+
+    def forward(self, text: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
+        both = self.dropout(torch.cat([text, tabular], dim=-1))
+        if self.fusion == "gated":
+            gate = torch.sigmoid(self.gate(both))
+            mixed = gate * self.text_proj(text) + (1 - gate) * self.tabular_proj(tabular)
+        else:
+            mixed = self.hidden(both)
+        return self.out(self.dropout(nn.functional.gelu(mixed)))
+
+
+class FusionModel(PreTrainedModel):
+    """A text encoder (`encoder`), a tabular tower (`tabular`) and a fusion head
+    (`classifier`); `forward` returns a SequenceClassifierOutput (cross-entropy loss when
+    labels are given)."""
+
+    config_class = FusionConfig
+    base_model_prefix = "encoder"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: FusionConfig):
+        super().__init__(config)
+        encoder_config = config.encoder_config()
+        self.encoder = _encoder_from_config(encoder_config, config.pooling)
+        self.tabular = TabularTower(
+            config.tabular_spec(), config.embedding_dim, config.tabular_hidden_size, config.dropout
+        )
+        self.classifier = FusionHead(
+            encoder_config.hidden_size,
+            config.tabular_hidden_size,
+            config.num_labels,
+            config.fusion,
+            config.dropout,
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: str | Path | PreTrainedModel,
+        spec: TabularSpec,
+        label_names: Sequence[str],
+        seed: int,
+        **kwargs: Any,
+    ) -> FusionModel:
+        """A fusion model around a pretrained encoder (a model, a directory, `embedded` or a
+        hub id; a model with a head gives its base model), its weights copied; the tabular
+        tower and head seeded, so every process builds the same initial weights. `kwargs`:
+        FusionConfig fields (embedding_dim, tabular_hidden_size, fusion, pooling, dropout)."""
+        if not isinstance(encoder, PreTrainedModel):
+            from fedtune.model import resolve_model_source
+
+            encoder = AutoModel.from_pretrained(resolve_model_source(str(encoder)))
+        encoder = encoder.base_model
+        config = FusionConfig(
+            encoder=encoder.config.to_dict(),
+            tabular=spec.to_dict(),
+            id2label=dict(enumerate(label_names)),
+            label2id={label: i for i, label in enumerate(label_names)},
+            **kwargs,
+        )
+        torch.manual_seed(seed)
+        model = cls(config)
+        result = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
+        if result.missing_keys:
+            raise ValueError(f"encoder weights missing for {result.missing_keys[:3]}")
+        return model
+
+    def text_vector(self, hidden: torch.Tensor, pooled: Any, mask: torch.Tensor | None):
+        if self.config.pooling == "cls":
+            return pooled if pooled is not None else hidden[:, 0]
+        if mask is None:
+            return hidden.mean(dim=1)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        numeric: torch.Tensor | None = None,
+        categorical: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,  # accepted for peft's SEQ_CLS wrapper; always a dict
+    ) -> SequenceClassifierOutput:
+        extra = {
+            key: value
+            for key, value in (
+                ("output_attentions", output_attentions),
+                ("output_hidden_states", output_hidden_states),
+            )
+            if value is not None
+        }
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **extra,
+        )
+        text = self.text_vector(
+            out.last_hidden_state, getattr(out, "pooler_output", None), attention_mask
+        )
+        numeric, categorical = self._tabular_inputs(text, numeric, categorical)
+        logits = self.classifier(text, self.tabular(numeric, categorical))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1))
+        return SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=getattr(out, "hidden_states", None),
+            attentions=getattr(out, "attentions", None),
+        )
+
+    def _tabular_inputs(
+        self, text: torch.Tensor, numeric: torch.Tensor | None, categorical: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tabular tensors, empty ones where the spec declares no such column."""
+        spec = self.config.tabular_spec()
+        n = text.shape[0]
+        if numeric is None:
+            if spec.numeric:
+                raise ValueError(f"numeric features needed for {[c.name for c in spec.numeric]}")
+            numeric = text.new_zeros((n, 0))
+        if categorical is None:
+            if spec.categorical:
+                names = [c.name for c in spec.categorical]
+                raise ValueError(f"categorical features needed for {names}")
+            categorical = torch.zeros((n, 0), dtype=torch.long, device=text.device)
+        return numeric, categorical
+
+
+def _encoder_from_config(config: PretrainedConfig, pooling: str) -> PreTrainedModel:
+    """The encoder, without its [CLS] pooler where mean pooling leaves it unused (when the
+    architecture has the option)."""
+    if pooling == "mean":
+        try:
+            return AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            pass
+    return AutoModel.from_config(config)
+
+
+AutoConfig.register(FusionConfig.model_type, FusionConfig, exist_ok=True)
+AutoModel.register(FusionConfig, FusionModel, exist_ok=True)
+AutoModelForSequenceClassification.register(FusionConfig, FusionModel, exist_ok=True)
+
+
+# ---- peft -------------------------------------------------------------------------------
+
+
+def fusion_trainable_modules() -> list[str]:
+    """The modules that train in full under adapters (peft `modules_to_save`)."""
+    return list(FUSION_TRAINABLE_MODULES)
+
+
+def fusion_lora_config(
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = LORA_TARGETS,
+) -> peft.LoraConfig:
+    """LoRA on the encoder's `target_modules` (BERT: query, value), the tabular tower and
+    the head trained in full; `peft.get_peft_model(model, fusion_lora_config())` wraps a
+    FusionModel (no task type: the generic PeftModel passes numeric/categorical through)."""
+    import peft
+
+    return peft.LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        modules_to_save=fusion_trainable_modules(),
+    )
