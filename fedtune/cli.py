@@ -291,10 +291,23 @@ def _finished(summary: dict) -> int:
         what = f"{summary['num_clients']} clients each trained alone, mean test"
     print(
         f"{summary['mode']} run of {summary['scenario']!r}: {what} "
-        f"accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f}, "
-        f"outputs in {summary['run_dir']}"
+        f"{_headline(final, summary.get('majority_class'))}, outputs in {summary['run_dir']}"
     )
     return 0
+
+
+def _headline(final: dict, majority: dict | None) -> str:
+    """Accuracy and macro-F1, the headline one first (macro-F1 when the test split is
+    imbalanced), with what always predicting the majority class scores."""
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+    order = (
+        ["macro_f1", "accuracy"] if majority and majority["headline"] == "macro_f1" else list(names)
+    )
+    text = ", ".join(f"{names[key]} {final[key]:.4f}" for key in order)
+    if majority is None:
+        return text
+    shown = " / ".join(f"{majority[key]:.4f}" for key in order)
+    return f"{text} (majority class {majority['label']!r}: {shown})"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -270,7 +270,9 @@ def local_update(step: TrainStep) -> Arrays:
         batches = scaffold.gradient_batches(step.received)
         if batches is not None:  # at the global weights, before any local step
             grad_loader = make_loader(data, node.tokenizer, cfg.batch_size, node.run_seed)
-            step.control_gradient = mean_gradient(node.model, grad_loader, node.device, batches)
+            step.control_gradient = mean_gradient(
+                node.model, grad_loader, cfg, node.device, batches
+            )
         terms += scaffold.correction_terms(node.model, step.received, step.state)
         result = train_steps(
             node.model, loader, cfg, node.device, on_step=on_step, loss_terms=terms

@@ -220,6 +220,9 @@ class TrainingConfig(Section):
     """`auto` is bf16 autocast on CUDA when supported, else fp32."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in shuffled mega-batches."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """`balanced`: each label's loss is weighted by n / (labels x its count) in the node's own
+    training split (scikit-learn's `balanced`), so rare labels count as much as common ones."""
 
 
 class CodecConfig(Section):

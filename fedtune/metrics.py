@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 CENTRAL_KEYS = ("accuracy", "macro_f1", "loss")
 """The server's test-split metrics in every round line and summary."""
@@ -32,3 +33,38 @@ def fairness_metrics(client_evals: list[dict], central: dict) -> dict:
             worst10_client_accuracy=float(np.mean(worst)),
         )
     return fairness
+
+
+IMBALANCED = 1.5
+"""A test split is imbalanced when its most common label holds at least this many times the
+share it would in a balanced one (3 labels: 50%; 2 labels: 75%); macro-F1 then heads."""
+
+
+def label_supports(per_class: dict) -> dict[str, int]:
+    """Each label's test examples, from a per-class report (scikit-learn's, with support)."""
+    return {
+        label: int(report["support"])
+        for label, report in per_class.items()
+        if isinstance(report, dict) and label not in ("macro avg", "weighted avg")
+    }
+
+
+def majority_baseline(supports: dict[str, int]) -> dict | None:
+    """Always predicting the most common test label: which, its share, and the accuracy
+    and macro-F1 that scores; `headline` names the metric that separates learning from it
+    (macro-F1 on an imbalanced test split, else accuracy)."""
+    total = sum(supports.values())
+    if not total:
+        return None
+    labels = list(supports)
+    majority = max(labels, key=lambda label: supports[label])
+    y_true = np.repeat(np.arange(len(labels)), [supports[label] for label in labels])
+    y_pred = np.full(total, labels.index(majority))
+    share = supports[majority] / total
+    return {
+        "label": majority,
+        "share": share,
+        "accuracy": share,
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "headline": "macro_f1" if share * len(labels) >= IMBALANCED else "accuracy",
+    }

@@ -188,6 +188,19 @@ def make_figures(run_dir: Path) -> list[Path]:
     return [p for p in made if p is not None]
 
 
+def _majority_line(majority: dict | None) -> list[str]:
+    """The baseline a run must beat: always the test split's most common label."""
+    if majority is None:
+        return []
+    headline = "macro-F1" if majority["headline"] == "macro_f1" else "accuracy"
+    return [
+        f"Majority class ({majority['label']}, {majority['share']:.1%} of the test split): "
+        f"accuracy {majority['accuracy']:.4f}, macro-F1 {majority['macro_f1']:.4f}. "
+        f"Headline metric: {headline}"
+        + (" (the test split is imbalanced)." if headline == "macro-F1" else ".")
+    ]
+
+
 def _markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
@@ -249,6 +262,7 @@ def write_report(run_dir: Path) -> Path:
                 ]
             ],
         ),
+        *_majority_line(summary.get("majority_class")),
         *(_local_tables(summary) if summary["mode"] == "local" else []),
         "## Figures",
         *(f"![{p.stem}](figures/{p.name})" for p in figures),

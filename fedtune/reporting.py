@@ -14,7 +14,7 @@ from rich.console import Console
 
 from fedtune.atomic import save_dir_atomic, write_atomic, write_json
 from fedtune.config import Scenario
-from fedtune.metrics import CENTRAL_KEYS, fairness_metrics
+from fedtune.metrics import CENTRAL_KEYS, fairness_metrics, label_supports, majority_baseline
 
 LOGGERS = ("flwr", "fedtune")
 log = logging.getLogger("fedtune")
@@ -128,6 +128,8 @@ class RunRecorder:
         }
         self.extra: dict = {}
         """Latest `privacy` and `fairness` for summary.json."""
+        self.majority_class: dict | None = None
+        """Always predicting the test split's most common label (`majority_baseline`)."""
 
     def __enter__(self) -> RunRecorder:
         return self
@@ -189,6 +191,7 @@ class RunRecorder:
     ) -> None:
         """Close a round: append its line to metrics.jsonl and refresh summary.json."""
         entry = {"round": server_round, **{k: central[k] for k in CENTRAL_KEYS}}
+        self._note_test_split(central)
         entry["seconds"] = round(seconds, 3)
         self.history.append(entry)
         fairness = fairness_metrics(self.clients["evaluate"], central)
@@ -217,6 +220,7 @@ class RunRecorder:
         """Local-only mode: one client's results become a line of metrics.jsonl and an entry
         of summary.json's `clients` (and count in its `final`)."""
         self.local_clients.append(result)
+        self._note_test_split(result["test"])
         self._append_line(result)
 
     def _append_line(self, line: dict) -> None:
@@ -266,6 +270,7 @@ class RunRecorder:
             "num_clients": self.num_clients,
             "rounds_completed": max(0, len(self.history) - 1),
             "final": {k: last.get(k) for k in CENTRAL_KEYS},
+            "majority_class": self.majority_class,
             "history": self.history,
             "model_dir": str(model_dir) if model_dir.is_dir() else None,
             "wall_seconds": round(sum(h["seconds"] for h in self.history), 3),
@@ -278,6 +283,11 @@ class RunRecorder:
             summary.update(local_summary(self.local_clients))
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def _note_test_split(self, report: dict) -> None:
+        """The majority-class baseline, from a test evaluation's per-class supports."""
+        if self.majority_class is None and "per_class" in report:
+            self.majority_class = majority_baseline(label_supports(report["per_class"]))
 
     def finish(self) -> dict:
         """Write the final summary and the figures."""

@@ -7,10 +7,12 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, f1_score
+from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
@@ -72,6 +74,31 @@ class _Steps:
     clip: bool
     """Clip the whole gradient's norm (DP-SGD clips each example's instead)."""
     dtype: torch.dtype | None
+    class_weights: torch.Tensor | None = None
+    """Per-label loss weights (`training.class_weights`); None: the model's own loss."""
+
+
+def class_weights(loader: DataLoader, cfg: TrainingConfig, num_labels: int) -> torch.Tensor | None:
+    """`balanced` weights from the loader's labels (a label absent from them gets 0: it has
+    no example to weigh), or None for the model's unweighted loss."""
+    if cfg.class_weights == "none":
+        return None
+    labels = np.asarray(loader.dataset["labels"])
+    present = np.unique(labels)
+    weights = np.zeros(num_labels, dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.from_numpy(weights)
+
+
+def _loss(output: Any, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The batch's mean loss: the model's, or cross-entropy with each example weighted by
+    its label's weight (divided by the batch size, as opacus' per-example mean expects)."""
+    if weights is None:
+        return output.loss
+    per_example = torch.nn.functional.cross_entropy(
+        output.logits.float(), labels, weight=weights.to(labels.device), reduction="none"
+    )
+    return per_example.mean()
 
 
 def _batches(loader: DataLoader, cfg: TrainingConfig, max_examples: int | None) -> int:
@@ -118,6 +145,7 @@ def train_steps(
         _batches(loader, cfg, max_examples),
         clip=True,
         dtype=dtype,
+        class_weights=class_weights(loader, cfg, model.config.num_labels),
     )
     return _run(model, steps, cfg, device, on_step, loss_terms)
 
@@ -147,7 +175,8 @@ def dp_sgd_steps(
         max_grad_norm=dp_sgd.max_grad_norm,
     )
     try:
-        steps = _Steps(forward, optimizer, private_loader, batches, clip=False, dtype=None)
+        weights = class_weights(loader, cfg, model.config.num_labels)
+        steps = _Steps(forward, optimizer, private_loader, batches, False, None, weights)
         result = _run(model, steps, cfg, device, on_step, ())
     finally:
         forward._close()  # remove opacus' hooks: the model object is reused next round
@@ -177,7 +206,7 @@ def _run(
             batch = {k: v.to(device) for k, v in batch.items()}
             n = len(batch["labels"])
             with _autocast(steps.dtype, device):
-                loss = steps.forward(**batch).loss
+                loss = _loss(steps.forward(**batch), batch["labels"], steps.class_weights)
             objective = loss + sum(term() for term in loss_terms) if loss_terms else loss
             scaler.scale(objective / cfg.grad_accum_steps).backward()
             seen, loss_sum, micro = seen + n, loss_sum + loss.item() * n, micro + 1
@@ -198,15 +227,22 @@ def _run(
 
 
 def mean_gradient(
-    model: PreTrainedModel, loader: DataLoader, device: torch.device, max_batches: int
+    model: PreTrainedModel,
+    loader: DataLoader,
+    cfg: TrainingConfig,
+    device: torch.device,
+    max_batches: int,
 ) -> dict[str, np.ndarray]:
-    """The mean gradient of the loss over the first `max_batches` batches of `loader`, for
-    every trainable parameter, at the model's current weights (no step is taken)."""
+    """The mean gradient of the training loss (with `cfg.class_weights`) over the first
+    `max_batches` batches of `loader`, for every trainable parameter, at the model's current
+    weights (no step is taken)."""
     model.to(device).train()
     model.zero_grad(set_to_none=True)
+    weights = class_weights(loader, cfg, model.config.num_labels)
     batches = 0
     for batch in itertools.islice(loader, max_batches):
-        model(**{k: v.to(device) for k, v in batch.items()}).loss.backward()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        _loss(model(**batch), batch["labels"], weights).backward()
         batches += 1
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     mean = {

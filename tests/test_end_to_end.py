@@ -25,6 +25,15 @@ def check_outputs(run_dir: Path, mode: str, rounds: int, clients: int) -> dict:
     assert summary["final"]["accuracy"] == summary["history"][-1]["accuracy"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == list(range(rounds + 1))
+    per_class = lines[0]["central"]["per_class"]
+    supports = {
+        k: v["support"]
+        for k, v in per_class.items()
+        if k not in ("macro avg", "weighted avg") and isinstance(v, dict)
+    }
+    majority = summary["majority_class"]
+    assert majority["label"] == max(supports, key=supports.get)
+    assert majority["share"] == pytest.approx(max(supports.values()) / sum(supports.values()))
     assert f"round {rounds}/{rounds}" in (run_dir / "run.log").read_text()
     assert (run_dir / "figures" / "curves.png").stat().st_size > 5_000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -45,6 +54,7 @@ def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = Path(scenario.output.dir)
     out = check_outputs(run_dir, "federated", rounds=2, clients=2)
+    assert f"(majority class '{out['summary']['majority_class']['label']}': " in result.stdout
     partition = json.loads((run_dir / "partition.json").read_text())
     assert len(partition["clients"]) == 2
     for line in out["lines"][1:]:

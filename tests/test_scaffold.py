@@ -164,7 +164,7 @@ def test_scaffold_term_gradient_is_c_minus_ci_and_c_i_is_the_mean_gradient(make_
             expected[name] += p.grad.numpy() / 3
     before = {n: p.detach().clone() for n, p in named.items()}
     torch.manual_seed(0)
-    got = mean_gradient(model, loader(), torch.device("cpu"), max_batches=3)
+    got = mean_gradient(model, loader(), scenario.training, torch.device("cpu"), max_batches=3)
     assert set(got) == set(named)
     for name, p in named.items():
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
