@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedtune.adapters.ranks import fresh_adapters, send_factors
 from fedtune.attacks import ATTACKS, malicious_clients, poison
 from fedtune.codecs import encode_with_feedback
-from fedtune.config import ModelConfig, Scenario, scenario_from_run_config
+from fedtune.config import ModelConfig, Scenario, TabularConfig, scenario_from_run_config
 from fedtune.data import federated_data, make_loader
 from fedtune.model import (
     from_record,
@@ -76,9 +76,13 @@ class LoadedModel:
 
 
 @lru_cache(maxsize=2)
-def _loaded_model(model: ModelConfig, label_names: tuple[str, ...], seed: int) -> LoadedModel:
-    """One model per worker process; each message overwrites its trainable weights."""
-    loaded = load_model(model.name, label_names, seed, model.peft)
+def _loaded_model(
+    model: ModelConfig, label_names: tuple[str, ...], seed: int, tabular_json: str | None
+) -> LoadedModel:
+    """One model per worker process; each message overwrites its trainable weights.
+    `tabular_json`: the data section's `tabular` as JSON (a dict is no cache key)."""
+    tabular = None if tabular_json is None else TabularConfig.model_validate_json(tabular_json)
+    loaded = load_model(model.name, label_names, seed, model.peft, tabular)
     initial = personal_weights(loaded, model.peft)
     return LoadedModel(loaded, load_tokenizer(model.name), initial)
 
@@ -133,8 +137,12 @@ class LocalNode:
         self.server_round = int(config.get("server-round", 0))
         # The federation's labels come with the message (a deployed node has only its file).
         label_names = tuple(config.get("label-names", ())) or federated_data(scenario).label_names
+        tabular = scenario.data.tabular
         loaded = _loaded_model(
-            node_model(scenario.model, self.partition_id), label_names, scenario.seed
+            node_model(scenario.model, self.partition_id),
+            label_names,
+            scenario.seed,
+            None if tabular is None else tabular.model_dump_json(),
         )
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.initial_personal = loaded.initial_personal
@@ -399,6 +407,7 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
             **node.setup_metrics(),
         }
         metrics.update({f"eval_{k}": result.get(k, 0.0) for k in ("loss", "accuracy", "macro_f1")})
+        metrics.update({f"eval_{k}": result[k] for k in ("auc",) if k in result})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

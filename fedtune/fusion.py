@@ -30,12 +30,13 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from fedtune.data import DataError
-from fedtune.errors import short
+from fedtune.errors import DataError, short
 
 if TYPE_CHECKING:
     import datasets
     import peft
+
+    from fedtune.config import TabularConfig
 
 FUSIONS = ("concat", "gated")
 POOLINGS = ("mean", "cls")
@@ -101,6 +102,34 @@ class TabularSpec(_Frozen):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TabularSpec:
         return cls.model_validate(data)
+
+
+def spec_from_config(cfg: TabularConfig) -> TabularSpec:
+    """The TabularSpec a scenario's `data.tabular` section declares."""
+    return TabularSpec(
+        numeric=tuple(
+            NumericColumn(name=name, mean=f.mean, std=f.std) for name, f in cfg.numeric.items()
+        ),
+        categorical=tuple(
+            CategoricalColumn(name=name, vocabulary=tuple(values))
+            for name, values in cfg.categorical.items()
+        ),
+    )
+
+
+def fusion_from_config(
+    encoder: str, cfg: TabularConfig, label_names: Sequence[str], seed: int
+) -> FusionModel:
+    """A seeded fusion model around the encoder `encoder` names, as `data.tabular` declares."""
+    return FusionModel.from_encoder(
+        encoder,
+        spec_from_config(cfg),
+        label_names,
+        seed,
+        fusion=cfg.fusion,
+        embedding_dim=cfg.embedding_dim,
+        tabular_hidden_size=cfg.hidden_size,
+    )
 
 
 # ---- encoding rows ----------------------------------------------------------------------
@@ -405,14 +434,12 @@ class FusionModel(PreTrainedModel):
         seed: int,
         **kwargs: Any,
     ) -> FusionModel:
-        """A fusion model around a pretrained encoder (a model, a directory, `embedded` or a
+        """A fusion model around a pretrained encoder (a model, a directory or a
         hub id; a model with a head gives its base model), its weights copied; the tabular
         tower and head seeded, so every process builds the same initial weights. `kwargs`:
         FusionConfig fields (embedding_dim, tabular_hidden_size, fusion, pooling, dropout)."""
         if not isinstance(encoder, PreTrainedModel):
-            from fedtune.model import resolve_model_source
-
-            encoder = AutoModel.from_pretrained(resolve_model_source(str(encoder)))
+            encoder = AutoModel.from_pretrained(str(encoder))
         encoder = encoder.base_model
         config = FusionConfig(
             encoder=encoder.config.to_dict(),

@@ -4,12 +4,16 @@ clients' metrics (fairness)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import f1_score
+import pandas as pd
+from sklearn.metrics import f1_score, log_loss, ndcg_score, roc_auc_score
 
 CENTRAL_KEYS = ("accuracy", "macro_f1", "loss")
 """The server's test-split metrics in every round line and summary."""
+TASK_KEYS = ("auc", "log_loss", "ndcg_at_10", "hit_rate_at_10")
+"""Test-split metrics of some tasks (two labels; ranked groups), there when measured."""
 
 
 def fairness_metrics(client_evals: list[dict], central: dict) -> dict:
@@ -68,3 +72,60 @@ def majority_baseline(supports: dict[str, int]) -> dict | None:
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "headline": "macro_f1" if share * len(labels) >= IMBALANCED else "accuracy",
     }
+
+
+RANKING_K = 10
+"""The cut-off of the ranking metrics: NDCG@10 and HR@10."""
+
+
+def binary_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """A two-label task's AUC (of the second label's probability; needs both labels
+    present) and log-loss."""
+    metrics = {"log_loss": float(log_loss(y_true, probs, labels=[0, 1]))}
+    if len(np.unique(y_true)) == 2:
+        metrics["auc"] = float(roc_auc_score(y_true, probs[:, 1]))
+    return metrics
+
+
+def ranking_metrics(y_true: np.ndarray, scores: np.ndarray, groups: Sequence) -> dict:
+    """NDCG@10 and HR@10 of each group's (user's) rows ranked by score, averaged over the
+    groups holding a positive."""
+    return {
+        f"ndcg_at_{RANKING_K}": ndcg_at_k(y_true, scores, groups, RANKING_K),
+        f"hit_rate_at_{RANKING_K}": hit_rate_at_k(y_true, scores, groups, RANKING_K),
+    }
+
+
+def _groups(labels: Sequence, scores: Sequence, groups: Sequence) -> list[tuple[np.ndarray, ...]]:
+    """(labels, scores) per group that holds at least one positive label."""
+    frame = pd.DataFrame(
+        {"label": np.asarray(labels, dtype=float), "score": np.asarray(scores, dtype=float)}
+    )
+    if len(frame) != len(groups):
+        raise ValueError(f"{len(frame)} labels and scores but {len(groups)} groups")
+    return [
+        (group["label"].to_numpy(), group["score"].to_numpy())
+        for _, group in frame.groupby(np.asarray(groups), sort=False)
+        if (group["label"] > 0).any()
+    ]
+
+
+def ndcg_at_k(labels: Sequence, scores: Sequence, groups: Sequence, k: int = 10) -> float:
+    """Mean over groups (users) with a positive label of sklearn's NDCG@k of their items
+    ranked by score (labels are relevances, e.g. 1 = like; tied scores averaged, as
+    sklearn does); NaN when no group has a positive."""
+    values = [
+        1.0 if len(y) == 1 else float(ndcg_score([y], [s], k=k))
+        for y, s in _groups(labels, scores, groups)
+    ]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def hit_rate_at_k(labels: Sequence, scores: Sequence, groups: Sequence, k: int = 10) -> float:
+    """Share of groups (users) with a positive label that have one among their `k`
+    highest-scored items (tied scores keep the input order); NaN when no group has one."""
+    hits = [
+        bool((y[np.argsort(-s, kind="stable")[:k]] > 0).any())
+        for y, s in _groups(labels, scores, groups)
+    ]
+    return float(np.mean(hits)) if hits else float("nan")

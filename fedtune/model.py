@@ -18,7 +18,7 @@ from transformers.utils import logging as hf_logging
 
 from fedtune.adapters import ADAPTERS
 from fedtune.adapters.ranks import BASE
-from fedtune.config import PeftSettings
+from fedtune.config import PeftSettings, TabularConfig
 from fedtune.errors import FedtuneError, first_line
 
 EMBEDDED = "embedded"
@@ -62,19 +62,29 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    name: str, label_names: tuple[str, ...], seed: int, peft: PeftSettings | None = None
+    name: str,
+    label_names: tuple[str, ...],
+    seed: int,
+    peft: PeftSettings | None = None,
+    tabular: TabularConfig | None = None,
 ) -> PreTrainedModel:
     """The pretrained encoder with a new classification head (seeded, so every process
-    builds the same initial weights), wrapped with PEFT adapters when `peft` asks for them."""
+    builds the same initial weights), or, when `tabular` declares features, a text + tabular
+    fusion model around it; wrapped with PEFT adapters when `peft` asks for them."""
     torch.manual_seed(seed)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_source(name),
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={label: i for i, label in enumerate(label_names)},
-            ignore_mismatched_sizes=True,
-        )
+        if tabular is not None:
+            from fedtune.fusion import fusion_from_config
+
+            model = fusion_from_config(resolve_model_source(name), tabular, label_names, seed)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_source(name),
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={label: i for i, label in enumerate(label_names)},
+                ignore_mismatched_sizes=True,
+            )
     except OSError as exc:
         raise ModelError(f"model.name {name!r}: {first_line(exc)}") from None
     if peft is None or peft.method == "none":
@@ -90,8 +100,15 @@ def add_adapters(model: PreTrainedModel, settings: PeftSettings) -> PreTrainedMo
     import peft
 
     builder = ADAPTERS[settings.method]
+    config = builder(settings)
+    if getattr(model, "tabular", None) is not None:  # a fusion model's new tower trains whole
+        config.modules_to_save = [*(config.modules_to_save or []), "tabular"]
+        if getattr(config, "target_modules", "") is None:  # peft's default for its encoder
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+            config.target_modules = DEFAULTS.get(model.config.encoder["model_type"])
     try:
-        wrapped = peft.get_peft_model(model, builder(settings))
+        wrapped = peft.get_peft_model(model, config)
     except ValueError as exc:
         raise ModelError(f"model.peft ({settings.method}): {first_line(exc)}") from None
     frozen = getattr(builder, "frozen", ())

@@ -17,10 +17,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
-from sklearn.metrics import ndcg_score
 
-from fedtune.data import DataError
-from fedtune.errors import short
+from fedtune.errors import DataError, short
 
 ML100K = "dataset_example/ml-100k"
 LABEL_NAMES = ("skip", "like")
@@ -170,38 +168,3 @@ def click_examples(directory: Path | str, history: int = 5, test_last: int = 2) 
     )
     frame = frame.assign(label=frame["label"].map(LABEL_NAMES.index))
     return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
-
-
-def _groups(labels: Sequence, scores: Sequence, groups: Sequence) -> list[tuple[np.ndarray, ...]]:
-    """(labels, scores) per group that holds at least one positive label."""
-    frame = pd.DataFrame(
-        {"label": np.asarray(labels, dtype=float), "score": np.asarray(scores, dtype=float)}
-    )
-    if len(frame) != len(groups):
-        raise ValueError(f"{len(frame)} labels and scores but {len(groups)} groups")
-    return [
-        (group["label"].to_numpy(), group["score"].to_numpy())
-        for _, group in frame.groupby(np.asarray(groups), sort=False)
-        if (group["label"] > 0).any()
-    ]
-
-
-def ndcg_at_k(labels: Sequence, scores: Sequence, groups: Sequence, k: int = 10) -> float:
-    """Mean over groups (users) with a positive label of sklearn's NDCG@k of their items
-    ranked by score (labels are relevances, e.g. 1 = like; tied scores averaged, as
-    sklearn does); NaN when no group has a positive."""
-    values = [
-        1.0 if len(y) == 1 else float(ndcg_score([y], [s], k=k))
-        for y, s in _groups(labels, scores, groups)
-    ]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def hit_rate_at_k(labels: Sequence, scores: Sequence, groups: Sequence, k: int = 10) -> float:
-    """Share of groups (users) with a positive label that have one among their `k`
-    highest-scored items (tied scores keep the input order); NaN when no group has one."""
-    hits = [
-        bool((y[np.argsort(-s, kind="stable")[:k]] > 0).any())
-        for y, s in _groups(labels, scores, groups)
-    ]
-    return float(np.mean(hits)) if hits else float("nan")

@@ -67,8 +67,10 @@ def _build(
     else:
         shard = load_node_file(str(path), scenario.data, label_names)
     train, val = split_shard(shard, pid, scenario.data.val_size, scenario.seed)
-    max_length = scenario.model.max_length
-    return tokenize(train, tokenizer, max_length), tokenize(val, tokenizer, max_length)
+    max_length, tabular = scenario.model.max_length, scenario.data.tabular
+    return tokenize(train, tokenizer, max_length, tabular), tokenize(
+        val, tokenizer, max_length, tabular
+    )
 
 
 def _cache_key(

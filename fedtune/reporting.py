@@ -14,7 +14,13 @@ from rich.console import Console
 
 from fedtune.atomic import save_dir_atomic, write_atomic, write_json
 from fedtune.config import Scenario
-from fedtune.metrics import CENTRAL_KEYS, fairness_metrics, label_supports, majority_baseline
+from fedtune.metrics import (
+    CENTRAL_KEYS,
+    TASK_KEYS,
+    fairness_metrics,
+    label_supports,
+    majority_baseline,
+)
 
 LOGGERS = ("flwr", "fedtune")
 log = logging.getLogger("fedtune")
@@ -191,6 +197,7 @@ class RunRecorder:
     ) -> None:
         """Close a round: append its line to metrics.jsonl and refresh summary.json."""
         entry = {"round": server_round, **{k: central[k] for k in CENTRAL_KEYS}}
+        entry.update({k: central[k] for k in TASK_KEYS if k in central})
         self._note_test_split(central)
         entry["seconds"] = round(seconds, 3)
         self.history.append(entry)
@@ -269,7 +276,11 @@ class RunRecorder:
             "mode": self.mode,
             "num_clients": self.num_clients,
             "rounds_completed": max(0, len(self.history) - 1),
-            "final": {k: last.get(k) for k in CENTRAL_KEYS},
+            "final": {
+                k: last.get(k)
+                for k in (*CENTRAL_KEYS, *TASK_KEYS)
+                if k in CENTRAL_KEYS or k in last
+            },
             "majority_class": self.majority_class,
             "history": self.history,
             "model_dir": str(model_dir) if model_dir.is_dir() else None,

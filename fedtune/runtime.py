@@ -338,7 +338,7 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     per_round = max(1, math.ceil(share * cfg.local_epochs * len(union)))
     budget = per_round * fl.rounds
     server = GlobalModel.load(scenario, fed.test, fed.label_names)
-    train = tokenize(union, server.tokenizer, scenario.model.max_length)
+    train = tokenize(union, server.tokenizer, scenario.model.max_length, scenario.data.tabular)
     train_loader = make_loader(
         train, server.tokenizer, cfg.batch_size, scenario.seed, cfg.group_by_length
     )
@@ -405,7 +405,7 @@ def _train_alone(
     started = time.perf_counter()
     cfg, tokenizer = scenario.training, server.tokenizer
     train, val = (
-        tokenize(split, tokenizer, scenario.model.max_length)
+        tokenize(split, tokenizer, scenario.model.max_length, scenario.data.tabular)
         for split in client_splits(fed, pid, scenario.data.val_size, scenario.seed)
     )
     share = scenario.clients_per_round / scenario.partition.num_clients

@@ -51,21 +51,31 @@ class GlobalModel:
     test_loader: DataLoader
     label_names: tuple[str, ...]
     device: torch.device
+    groups: tuple | None = None
+    """`data.group_column` of each test example, for ranking metrics."""
 
     @classmethod
     def load(
         cls, scenario: Scenario, test: datasets.Dataset, label_names: tuple[str, ...]
     ) -> GlobalModel:
         tokenizer = load_tokenizer(scenario.model.name)
-        model = load_model(scenario.model.name, label_names, scenario.seed, scenario.model.peft)
-        tokens = tokenize(test, tokenizer, scenario.model.max_length)
+        model = load_model(
+            scenario.model.name,
+            label_names,
+            scenario.seed,
+            scenario.model.peft,
+            scenario.data.tabular,
+        )
+        tokens = tokenize(test, tokenizer, scenario.model.max_length, scenario.data.tabular)
         loader = make_loader(tokens, tokenizer, scenario.training.eval_batch_size)
-        return cls(model, tokenizer, loader, label_names, pick_device())
+        column = scenario.data.group_column
+        groups = None if column is None else tuple(test[column])
+        return cls(model, tokenizer, loader, label_names, pick_device(), groups)
 
     def evaluate(self) -> dict:
         """Metrics on the test split, with the seconds the evaluation took."""
         started = time.perf_counter()
-        metrics = evaluate(self.model, self.test_loader, self.device, self.label_names)
+        metrics = evaluate(self.model, self.test_loader, self.device, self.label_names, self.groups)
         return {**metrics, "eval_seconds": time.perf_counter() - started}
 
 

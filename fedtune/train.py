@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from fedtune.config import DPSGDConfig, TrainingConfig
+from fedtune.metrics import binary_metrics, ranking_metrics
 
 
 def pick_device() -> torch.device:
@@ -261,25 +262,34 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     label_names: tuple[str, ...] | None = None,
+    groups: Sequence | None = None,
 ) -> dict:
-    """Mean loss, accuracy and macro-F1 (and a per-class report when label names are given)."""
+    """Mean loss, accuracy and macro-F1 (and a per-class report when label names are given);
+    with two labels also AUC and log-loss, and with `groups` (one per example, in the
+    loader's order) NDCG@10 and HR@10 of each group's examples ranked by the second
+    label's probability."""
     model.to(device).eval()
-    losses, preds, golds = [], [], []
+    losses, probs, golds = [], [], []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch)
         losses.append(out.loss.item() * len(batch["labels"]))
-        preds.append(out.logits.argmax(-1).cpu().numpy())
+        probs.append(out.logits.float().softmax(-1).cpu().numpy())
         golds.append(batch["labels"].cpu().numpy())
     if not golds:
         return {"num_examples": 0}
-    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
+    p, y_true = np.concatenate(probs), np.concatenate(golds)
+    y_pred = p.argmax(-1)
     result = {
         "num_examples": len(y_true),
         "loss": float(sum(losses) / len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
     }
+    if p.shape[1] == 2:
+        result.update(binary_metrics(y_true, p))
+        if groups is not None:
+            result.update(ranking_metrics(y_true, p[:, 1], groups))
     if label_names is not None:
         result["per_class"] = classification_report(
             y_true,

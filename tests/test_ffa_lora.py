@@ -56,7 +56,7 @@ def test_a_never_changes_and_only_b_and_the_head_travel(
     summary = run.run()
     assert summary["rounds_aggregated"] == 2
     labels = build_federated_data(scenario).label_names
-    client_model = _loaded_model(scenario.model, labels, scenario.seed).model
+    client_model = _loaded_model(scenario.model, labels, scenario.seed, None).model
     for where, model in (("server", run.server.model), ("client", client_model)):
         for name, value in _lora_a(model).items():
             assert torch.equal(value, initial_a[name]), f"{where}: {name} changed"

@@ -12,7 +12,8 @@ import pytest
 
 from fedtune import movielens
 from fedtune.data import DataError
-from fedtune.movielens import click_examples, click_frame, hit_rate_at_k, ndcg_at_k, read_atomic
+from fedtune.metrics import hit_rate_at_k, ndcg_at_k
+from fedtune.movielens import click_examples, click_frame, read_atomic
 
 ITEMS = [
     "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",

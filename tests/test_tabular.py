@@ -1,0 +1,189 @@
+"""Text + tabular data through fedtune: declared features, a split column, the fusion model
+in a federated run (AUC, log-loss, ranking metrics), what a fusion client sends, and bad
+tabular input as one line."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import WORDS, write_scenario
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from fedtune import fusion  # noqa: F401 - registers the fusion model with the Auto classes
+from fedtune.cli import main
+from fedtune.client import build_client_app
+from fedtune.data import build_federated_data, tokenize
+from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
+
+TABULAR = {
+    "numeric": {"age": {"mean": 40.0, "std": 15.0}, "score": {"mean": 0.0, "std": 1.0}},
+    "categorical": {"city": ["paris", "rome"]},
+}
+
+
+def write_rows(path: Path, n: int = 160, **bad: dict[int, object]) -> Path:
+    """Binary rows: `like` when the words are positive; age, score, city; the last row of
+    each user is `test`. `bad={column: {row: value}}` overrides cells."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        label = "like" if i % 2 else "skip"
+        words = WORDS["positive" if label == "like" else "negative"]
+        rows.append(
+            {
+                "text": " ".join(rng.choices(words, k=3)),
+                "label": label,
+                "age": 20 + i % 50,
+                "score": round(rng.gauss(1 if label == "like" else -1, 1), 3),
+                "city": ["paris", "rome", "oslo"][i % 3],  # oslo is not declared
+                "user": f"u{i % 20}",
+                "split": "test" if i >= n - 20 else "train",
+            }
+        )
+    for column, cells in bad.items():
+        for row, value in cells.items():
+            rows[row][column] = value
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tabular_scenario(make_scenario, tmp_path: Path):
+    def make(path: Path | None = None, **sections: dict):
+        data = {
+            "source": str(path or write_rows(tmp_path / "rows.csv")),
+            "text_column": "text",
+            "label_column": "label",
+            "split_column": "split",
+            "group_column": "user",
+            "tabular": TABULAR,
+            **sections.pop("data", {}),
+        }
+        return make_scenario(data=data, **sections)
+
+    return make
+
+
+def test_split_column_and_encoded_features(tabular_scenario) -> None:
+    scenario = tabular_scenario()
+    fed = build_federated_data(scenario)
+    assert set(fed.test["split"]) == {"test"} and len(fed.test) == 20
+    assert set(fed.pool["split"]) == {"train"} and len(fed.pool) == 140
+    tokens = tokenize(fed.test, load_tokenizer(scenario.model.name), 32, scenario.data.tabular)
+    assert {"numeric", "categorical"} <= set(tokens.column_names)
+    numeric, categorical = tokens[:]["numeric"], tokens[:]["categorical"]
+    assert numeric.shape == (20, 4)  # 2 values and their 2 missing flags
+    ages = np.asarray(fed.test["age"], dtype=float)
+    np.testing.assert_allclose(numeric[:, 0].numpy(), (ages - 40) / 15, rtol=1e-5)
+    expected = [{"paris": 1, "rome": 2}.get(c, 0) for c in fed.test["city"]]
+    assert categorical[:, 0].tolist() == expected and 0 in expected  # oslo: unknown
+
+
+def test_a_fusion_federation_reports_auc_and_ranking(tabular_scenario, run_local) -> None:
+    scenario = tabular_scenario(training={"lr": 5e-3, "batch_size": 16, "local_epochs": 3})
+    summary = run_local(scenario)
+    final = summary["final"]
+    assert {"auc", "log_loss", "ndcg_at_10", "hit_rate_at_10"} <= set(final)
+    assert summary["history"][-1]["auc"] > summary["history"][0]["auc"]
+    assert final["auc"] > 0.8, final  # the score column alone separates the labels
+
+
+def test_a_fusion_client_sends_only_its_trainable_weights(tabular_scenario, task_identity) -> None:
+    """Payload audit for a fusion model: updates of the encoder, tabular tower and head, and
+    scalar metrics; no feature value or row leaves the client."""
+    scenario = tabular_scenario()
+    fed = build_federated_data(scenario)
+    model = load_model(
+        scenario.model.name, fed.label_names, scenario.seed, None, scenario.data.tabular
+    )
+    glob = trainable_weights(model)
+    assert any(k.startswith("tabular.") for k in glob) and any(
+        k.startswith("classifier.") for k in glob
+    )
+    content = RecordDict({"arrays": to_record(glob), "config": ConfigRecord({"server-round": 1})})
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+    reply = build_client_app(scenario)(
+        Message(content, dst_node_id=1, message_type="train"), context
+    )
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    arrays = from_record(reply.content.array_records["arrays"])
+    assert {k: a.shape for k, a in arrays.items()} == {k: a.shape for k, a in glob.items()}
+    metrics = dict(reply.content.metric_records["metrics"])
+    assert all(isinstance(v, int | float) for v in metrics.values())
+
+
+def test_lora_on_a_fusion_model_trains_adapters_tower_and_head(tabular_scenario) -> None:
+    scenario = tabular_scenario(model={"peft": {"method": "lora", "rank": 4}})
+    fed = build_federated_data(scenario)
+    model = load_model(
+        scenario.model.name,
+        fed.label_names,
+        scenario.seed,
+        scenario.model.peft,
+        scenario.data.tabular,
+    )
+    names = list(trainable_weights(model))
+    assert names and all("lora_" in n or ".tabular." in n or ".classifier." in n for n in names), (
+        names
+    )
+    assert any(".tabular." in n for n in names) and any("lora_" in n for n in names)
+
+
+def test_the_saved_fusion_model_loads_and_reads_features(tabular_scenario, tmp_path: Path) -> None:
+    scenario = tabular_scenario(federation={"rounds": 1, "min_available_nodes": 2})
+    path = write_scenario(scenario, tmp_path / "tab.yaml")
+    assert main(["centralized", str(path), "--quiet"]) == 0
+    model_dir = Path(scenario.output.dir) / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(["great thanks", "late again"], return_tensors="pt", padding=True)
+    features = fusion.encode_tabular(
+        {"age": [30, None], "score": [1.5, -1.0], "city": ["rome", "tokyo"]},
+        fusion.TabularSpec.from_dict(model.config.tabular),
+    )
+    logits = model(**batch, **features).logits
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    ("bad", "tabular", "message"),
+    [
+        (
+            {},
+            {"numeric": {"height": {"mean": 1.0, "std": 1.0}}},
+            "data.tabular column 'height' not among",
+        ),
+        ({"age": {3: "old"}}, None, "tabular column 'age': non-numeric value 'old' (row"),
+        (
+            {"score": dict.fromkeys(range(160), "")},
+            None,
+            "data.tabular column 'score' has no value in any row",
+        ),
+    ],
+)
+def test_bad_tabular_input_is_one_line_and_writes_nothing(
+    tabular_scenario, tmp_path: Path, capsys, bad, tabular, message
+) -> None:
+    scenario = tabular_scenario(write_rows(tmp_path / "bad.csv", **bad))
+    if tabular is not None:
+        scenario = tabular_scenario(write_rows(tmp_path / "bad.csv"), data={"tabular": tabular})
+    path = write_scenario(scenario, tmp_path / "bad.yaml")
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not Path(scenario.output.dir).exists()
