@@ -12,6 +12,7 @@ import argparse
 import codecs
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from fedtune.config import (
     Scenario,
@@ -154,7 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     pred = sub.add_parser("predict", help="label texts with a saved model (label, probability)")
     pred.add_argument("model_dir")
     pred.add_argument("texts", nargs="*")
-    pred.add_argument("--file", help="a UTF-8 file of texts, one per line (blank lines skipped)")
+    pred.add_argument(
+        "--file",
+        help="a UTF-8 file of texts, one per line (blank lines skipped); a .jsonl file: one "
+        'object per line, {"text": ..., feature: value, ...} (a fusion model\'s features)',
+    )
     serve = sub.add_parser("serve", help="serve a saved model over HTTP (POST /predict)")
     serve.add_argument("model_dir")
     serve.add_argument("--host", default="127.0.0.1")
@@ -210,10 +215,10 @@ def _file_texts(path: Path) -> Iterator[str]:
                 yield text
 
 
-def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
+def _batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -221,8 +226,26 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+T = TypeVar("T")
+Example = tuple[str, dict | None]
+"""A text to label and, from a .jsonl file, its tabular features (the row's other keys)."""
+
+
+def _jsonl_examples(path: Path) -> Iterator[Example]:
+    """`--file rows.jsonl`: one JSON object per line, its `text` and feature columns."""
+    for number, line in enumerate(_file_texts(path), 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise UsageError(f"--file {str(path)!r} line {number}: not a JSON object with a text")
+        yield row.pop("text"), row
+
+
 def _predict(args: argparse.Namespace) -> int:
-    """Label the argument texts, then the file's lines, printing each batch as it is done."""
+    """Label the argument texts, then the file's lines (a .jsonl file's rows with their
+    features), printing each batch as it is done."""
     path = _check_text_file(args.file) if args.file else None
     if not args.texts and path is None:
         raise UsageError("give texts as arguments or --file FILE")
@@ -230,14 +253,18 @@ def _predict(args: argparse.Namespace) -> int:
 
     predictor = serving.Predictor(args.model_dir)
 
-    def texts() -> Iterator[str]:
-        yield from args.texts
-        if path is not None:
-            yield from _file_texts(path)
+    def examples() -> Iterator[Example]:
+        yield from ((text, None) for text in args.texts)
+        if path is not None and path.suffix == ".jsonl":
+            yield from _jsonl_examples(path)
+        elif path is not None:
+            yield from ((text, None) for text in _file_texts(path))
 
     printed = 0
-    for batch in _batches(texts(), PREDICT_BATCH):
-        for text, pred in zip(batch, predictor.predict(batch), strict=True):
+    for batch in _batches(examples(), PREDICT_BATCH):
+        texts, rows = [text for text, _ in batch], [row for _, row in batch]
+        features = None if all(row is None for row in rows) else [row or {} for row in rows]
+        for text, pred in zip(texts, predictor.predict(texts, features), strict=True):
             print(f"{pred['label']}\t{pred['score']:.4f}\t{text}")
         sys.stdout.flush()
         printed += len(batch)

@@ -313,14 +313,13 @@ def local_summary(clients: list[dict]) -> dict:
     """A local-only run's `clients` (their results without per-class reports), `final` (the
     test metrics' mean weighted by the clients' training examples, `val_*` the validation
     metrics' weighted by validation examples, as federated evaluation aggregates) and wall time."""
-    final = {
-        k: _weighted([(c["test"][k], c["num_examples"]) for c in clients]) for k in CENTRAL_KEYS
-    }
+    keys = [*CENTRAL_KEYS, *(k for k in TASK_KEYS if all(k in c["test"] for c in clients))]
+    final = {k: _weighted([(c["test"][k], c["num_examples"]) for c in clients]) for k in keys}
     for k in CENTRAL_KEYS:
         val = [(c["val"][k], c["val"]["num_examples"]) for c in clients if k in c["val"]]
         final[f"val_{k}"] = _weighted(val)
     return {
-        "clients": [{**c, "test": {k: c["test"][k] for k in CENTRAL_KEYS}} for c in clients],
+        "clients": [{**c, "test": {k: c["test"][k] for k in keys}} for c in clients],
         "final": final,
         "wall_seconds": round(sum(c["seconds"] for c in clients), 3),
     }

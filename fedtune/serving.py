@@ -1,11 +1,12 @@
 """Use a trained model: `Predictor` labels texts, `create_app`/`serve` expose it over HTTP.
 
 HTTP API: `GET /health` -> `{"status": "ok", "labels": [...]}`; `POST /predict` with
-`{"texts": ["...", ...]}` -> `{"predictions": [{"label": ..., "score": ...}, ...]}` in input
+`{"texts": ["...", ...]}` (a fusion model also needs `"features": [{column: value}, ...]`,
+one object per text) -> `{"predictions": [{"label": ..., "score": ...}, ...]}` in input
 order. Every invalid request (malformed JSON, missing or empty `texts`, a non-string item, more
-than `max_texts` texts, a text longer than `max_chars`) gets 422 and `{"detail": "<message>"}`;
-a body over `max_body_bytes` gets 413 with the same shape (read no further than the limit);
-only a body that is not UTF-8 gets FastAPI's own 400.
+than `max_texts` texts, a text longer than `max_chars`, missing or bad features) gets 422 and
+`{"detail": "<message>"}`; a body over `max_body_bytes` gets 413 with the same shape (read no
+further than the limit); only a body that is not UTF-8 gets FastAPI's own 400.
 """
 
 import asyncio
@@ -24,12 +25,14 @@ from pydantic import BaseModel, Field, StrictStr, StringConstraints
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from fedtune.errors import FedtuneError, first_line
+from fedtune.errors import DataError, FedtuneError, first_line
+from fedtune.fusion import FusionConfig, TabularSpec, encode_tabular  # registers Auto* too
 from fedtune.model import ModelError
 from fedtune.train import pick_device
 
 hf_logging.disable_progress_bar()  # no "Loading weights" bars in `fedtune predict` output
 
+FUSION = FusionConfig.model_type
 MAX_BODY_BYTES = 1 << 20
 """Largest `POST /predict` body `fedtune serve` reads (64 texts of 2,000 characters fit)."""
 
@@ -69,14 +72,37 @@ class Predictor:
             )
         self.model = model.to(self.device).eval()
         config = self.model.config
+        self.spec = TabularSpec.from_dict(config.tabular) if config.model_type == FUSION else None
+        """A fusion model's tabular features (None: the model reads text alone)."""
         self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
         self.batch_size = batch_size
         # Never longer than the model accepts (`model_max_length` comes from the saved tokenizer).
         self.max_length = min(max_length, self.tokenizer.model_max_length)
 
+    @property
+    def feature_names(self) -> list[str]:
+        spec = self.spec
+        return [] if spec is None else [c.name for c in (*spec.numeric, *spec.categorical)]
+
+    def encode_features(self, features: list[dict] | None, n: int) -> dict[str, torch.Tensor]:
+        """A fusion model's tabular inputs for `n` texts (a feature left out counts as
+        missing); DataError naming what is wrong. Nothing for a text-only model."""
+        if self.spec is None:
+            return {}
+        if features is None or len(features) != n:
+            raise DataError(
+                f"this model reads tabular features {self.feature_names} beside each text: "
+                f"give one feature object per text ({n} texts, "
+                f"{0 if features is None else len(features)} feature objects)"
+            )
+        columns = {name: [row.get(name) for row in features] for name in self.feature_names}
+        return encode_tabular(columns, self.spec)
+
     @torch.inference_mode()
-    def predict(self, texts: list[str]) -> list[dict]:
-        """`{"label", "score"}` per text, in order; score is the top label's probability."""
+    def predict(self, texts: list[str], features: list[dict] | None = None) -> list[dict]:
+        """`{"label", "score"}` per text, in order; score is the top label's probability.
+        A fusion model needs `features`: one {column: value} object per text."""
+        tabular = self.encode_features(features, len(texts))
         predictions = []
         for start in range(0, len(texts), self.batch_size):
             inputs = self.tokenizer(
@@ -86,7 +112,11 @@ class Predictor:
                 max_length=self.max_length,
                 return_tensors="pt",
             ).to(self.device)
-            scores, indices = self.model(**inputs).logits.float().softmax(dim=-1).max(dim=-1)
+            part = {
+                k: v[start : start + self.batch_size].to(self.device) for k, v in tabular.items()
+            }
+            logits = self.model(**inputs, **part).logits
+            scores, indices = logits.float().softmax(dim=-1).max(dim=-1)
             predictions += [
                 {"label": self.labels[i], "score": s}
                 for i, s in zip(indices.tolist(), scores.tolist(), strict=True)
@@ -94,8 +124,9 @@ class Predictor:
         return predictions
 
 
-# A request waiting in the queue: its texts and the future that receives their predictions.
-Pending = tuple[list[str], asyncio.Future]
+# A request waiting in the queue: its texts, their features (a fusion model's; None for a
+# text-only one) and the future that receives their predictions.
+Pending = tuple[list[str], list[dict] | None, asyncio.Future]
 
 
 class MicroBatcher:
@@ -111,26 +142,29 @@ class MicroBatcher:
         self.batches = 0
         self._held: Pending | None = None  # did not fit in the previous batch
 
-    async def predict(self, texts: list[str]) -> list[dict]:
+    async def predict(self, texts: list[str], features: list[dict] | None = None) -> list[dict]:
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((texts, future))
+        self.queue.put_nowait((texts, features, future))
         return await future
 
     async def run(self) -> None:
         """Serve the queue forever (until cancelled)."""
         while True:
             batch = await self._collect()
-            texts = [text for request_texts, _ in batch for text in request_texts]
+            texts = [text for request_texts, _, _ in batch for text in request_texts]
+            features = None
+            if self.predictor.spec is not None:
+                features = [row for _, rows, _ in batch for row in rows or []]
             try:
-                predictions = await asyncio.to_thread(self.predictor.predict, texts)
+                predictions = await asyncio.to_thread(self.predictor.predict, texts, features)
             except Exception as exc:
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             self.batches += 1
             start = 0
-            for request_texts, future in batch:
+            for request_texts, _, future in batch:
                 if not future.done():  # done = cancelled: its client went away
                     future.set_result(predictions[start : start + len(request_texts)])
                 start += len(request_texts)
@@ -248,6 +282,10 @@ def create_app(
         texts: list[Annotated[StrictStr, StringConstraints(max_length=max_chars)]] = Field(
             min_length=1, max_length=max_texts
         )
+        features: list[dict[str, StrictStr | float | None]] | None = Field(
+            None, max_length=max_texts
+        )
+        """A fusion model's tabular features: one {column: value} object per text."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -270,9 +308,15 @@ def create_app(
     async def health() -> dict:
         return {"status": "ok", "labels": predictor.labels}
 
-    @app.post("/predict")
-    async def predict(body: PredictRequest) -> PredictResponse:
-        return PredictResponse(predictions=await app.state.batcher.predict(body.texts))
+    @app.post("/predict", response_model=None)
+    async def predict(body: PredictRequest) -> PredictResponse | JSONResponse:
+        try:  # checked here, so that one bad request never fails a shared batch
+            predictor.encode_features(body.features, len(body.texts))
+        except DataError as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
+        features = body.features if predictor.spec is not None else None
+        predictions = await app.state.batcher.predict(body.texts, features)
+        return PredictResponse(predictions=predictions)
 
     return app
 

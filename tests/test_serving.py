@@ -355,9 +355,9 @@ def test_predict_command_streams_a_file_in_batches(
     printed_before: list[int] = []
     real = Predictor.predict
 
-    def predict(self: Predictor, batch: list[str]) -> list[dict]:
+    def predict(self: Predictor, batch: list[str], features: list[dict] | None) -> list[dict]:
         printed_before.append(len(capsys.readouterr().out.splitlines()))
-        return real(self, batch)
+        return real(self, batch, features)
 
     monkeypatch.setattr(Predictor, "predict", predict)
     monkeypatch.setattr(cli, "PREDICT_BATCH", 32)

@@ -5,6 +5,7 @@ tabular input as one line."""
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -12,14 +13,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import WORDS, write_scenario
+from fastapi.testclient import TestClient
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from fedtune import fusion  # noqa: F401 - registers the fusion model with the Auto classes
+from fedtune import fusion
 from fedtune.cli import main
 from fedtune.client import build_client_app
 from fedtune.data import build_federated_data, tokenize
+from fedtune.errors import DataError
 from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
+from fedtune.serving import Predictor, create_app
 
 TABULAR = {
     "numeric": {"age": {"mean": 40.0, "std": 15.0}, "score": {"mean": 0.0, "std": 1.0}},
@@ -144,7 +148,9 @@ def test_lora_on_a_fusion_model_trains_adapters_tower_and_head(tabular_scenario)
     assert any(".tabular." in n for n in names) and any("lora_" in n for n in names)
 
 
-def test_the_saved_fusion_model_loads_and_reads_features(tabular_scenario, tmp_path: Path) -> None:
+def test_the_saved_fusion_model_predicts_and_serves_text_plus_features(
+    tabular_scenario, tmp_path: Path, capsys
+) -> None:
     scenario = tabular_scenario(federation={"rounds": 1, "min_available_nodes": 2})
     path = write_scenario(scenario, tmp_path / "tab.yaml")
     assert main(["centralized", str(path), "--quiet"]) == 0
@@ -152,12 +158,46 @@ def test_the_saved_fusion_model_loads_and_reads_features(tabular_scenario, tmp_p
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     batch = tokenizer(["great thanks", "late again"], return_tensors="pt", padding=True)
+    rows = [{"age": 30, "score": 1.5, "city": "rome"}, {"score": -1.0, "city": "tokyo"}]
     features = fusion.encode_tabular(
-        {"age": [30, None], "score": [1.5, -1.0], "city": ["rome", "tokyo"]},
+        {name: [row.get(name) for row in rows] for name in ("age", "score", "city")},
         fusion.TabularSpec.from_dict(model.config.tabular),
     )
-    logits = model(**batch, **features).logits
-    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    with torch.no_grad():
+        probs = model.eval()(**batch, **features).logits.softmax(-1)
+    capsys.readouterr()
+
+    predictor = Predictor(model_dir)
+    direct = predictor.predict(["great thanks", "late again"], rows)
+    assert [p["score"] for p in direct] == pytest.approx(probs.max(-1).values.tolist(), rel=1e-5)
+    with pytest.raises(DataError, match=r"reads tabular features \['age', 'score', 'city'\]"):
+        predictor.predict(["great thanks"])
+
+    with TestClient(create_app(predictor)) as client:
+        ok = client.post(
+            "/predict", json={"texts": ["great thanks", "late again"], "features": rows}
+        )
+        assert ok.status_code == 200 and ok.json()["predictions"] == [
+            {"label": p["label"], "score": pytest.approx(p["score"])} for p in direct
+        ]
+        missing = client.post("/predict", json={"texts": ["great thanks"]})
+        assert missing.status_code == 422 and "tabular features" in missing.json()["detail"]
+        bad = client.post("/predict", json={"texts": ["x"], "features": [{"age": "old"}]})
+        assert bad.status_code == 422 and "'age': non-numeric value 'old'" in bad.json()["detail"]
+
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text(
+        "".join(
+            json.dumps({"text": t, **r}) + "\n"
+            for t, r in zip(["great thanks", "late again"], rows, strict=True)
+        )
+    )
+    assert main(["predict", str(model_dir), "--file", str(lines)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in printed] == [p["label"] for p in direct]
+    lines.write_text('{"txt": "no text key"}\n')
+    assert main(["predict", str(model_dir), "--file", str(lines)]) == 2
+    assert "line 1: not a JSON object with a text" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
