@@ -3,8 +3,8 @@
 One table, every row on the server's test split (each user's last 2 ratings in time): the
 popularity baseline (each item's like-rate in the training rows), a tabular-only model
 (scikit-learn's gradient boosting on the scenario's tabular features, centralized), the
-text-only BERT and the text + tabular fusion BERT, each federated and centralized, and the
-fusion model trained by each client alone (local-only). Metrics: AUC (the headline),
+text-only BERT (federated) and the text + tabular fusion BERT (federated and centralized),
+and the fusion model trained by each client alone (local-only). Metrics: AUC (the headline),
 log-loss, accuracy, and NDCG@10 / HR@10 of each user's held-out items ranked by score.
 
     python bench/recommendation.py            # resumable: recorded commands are not rerun
@@ -39,7 +39,6 @@ COMMANDS: dict[str, tuple[str, dict]] = {
     "fusion BERT, federated": ("run", {}),
     "fusion BERT, centralized": ("centralized", {}),
     "text-only BERT, federated": ("run", TEXT_ONLY),
-    "text-only BERT, centralized": ("centralized", TEXT_ONLY),
     "fusion BERT, local-only (mean over clients)": ("local", {}),
 }
 METRICS = ("auc", "log_loss", "accuracy", "ndcg_at_10", "hit_rate_at_10")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, write_scenario
+from conftest import WORDS, fedtune, write_scenario
 from fastapi.testclient import TestClient
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -31,9 +31,13 @@ TABULAR = {
 }
 
 
-def write_rows(path: Path, n: int = 160, **bad: dict[int, object]) -> Path:
-    """Binary rows: `like` when the words are positive; age, score, city; the last row of
-    each user is `test`. `bad={column: {row: value}}` overrides cells."""
+def write_rows(
+    path: Path, n: int = 160, users: int = 20, test_from: int | None = None, **bad: dict
+) -> Path:
+    """Binary rows: `like` when the words are positive; age, score, city; rows from
+    `test_from` on (default: the last 20) are `test`. `bad={column: {row: value}}` overrides
+    cells."""
+    test_from = n - 20 if test_from is None else test_from
     rng = random.Random(0)
     rows = []
     for i in range(n):
@@ -46,8 +50,8 @@ def write_rows(path: Path, n: int = 160, **bad: dict[int, object]) -> Path:
                 "age": 20 + i % 50,
                 "score": round(rng.gauss(1 if label == "like" else -1, 1), 3),
                 "city": ["paris", "rome", "oslo"][i % 3],  # oslo is not declared
-                "user": f"u{i % 20}",
-                "split": "test" if i >= n - 20 else "train",
+                "user": f"u{i % users}",
+                "split": "test" if i >= test_from else "train",
             }
         )
     for column, cells in bad.items():
@@ -227,3 +231,25 @@ def test_bad_tabular_input_is_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not Path(scenario.output.dir).exists()
+
+
+def test_a_cross_device_federation_samples_a_few_of_300_clients(
+    tabular_scenario, tmp_path: Path
+) -> None:
+    """One client per user (300 users, 2 training rows each), 6 sampled per round."""
+    rows = write_rows(tmp_path / "users.csv", n=900, users=300, test_from=600)
+    scenario = tabular_scenario(
+        rows,
+        data={"val_size": 0.0},
+        partition={"kind": "natural", "column": "user", "num_clients": 300},
+        federation={"rounds": 2, "fraction_train": 0.02, "fraction_evaluate": 0.0},
+    )
+    result = fedtune("run", str(write_scenario(scenario, tmp_path / "devices.yaml")), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(scenario.output.dir)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    for line in lines[1:]:
+        trained = [c["partition-id"] for c in line["clients"]["train"]]
+        assert len(trained) == len(set(trained)) == 6, trained
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_aggregated"] == 2
