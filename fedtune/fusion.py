@@ -1,17 +1,15 @@
-"""Text + tabular fusion classifier in HF conventions, and federated tabular statistics.
+"""Text + tabular fusion classifier in HF conventions.
 
 `FusionModel` runs a BERT-family encoder over the text and a small tabular tower (one
 embedding per categorical column, normalised numerics with missing-indicators, an MLP) and
 fuses both in its `classifier` head (`concat` or `gated`). `TabularSpec` declares the columns,
-their normalisation and vocabularies; in a federation it comes from `merge_statistics` over
-each client's `local_statistics` (counts and sums only, never a row), so no row leaves a node.
+their normalisation and vocabularies; a scenario declares them (`data.tabular`), so no process
+computes them from the clients' rows.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,16 +32,11 @@ from fedtune.errors import DataError, short
 
 if TYPE_CHECKING:
     import datasets
-    import peft
 
     from fedtune.config import TabularConfig
 
 FUSIONS = ("concat", "gated")
 POOLINGS = ("mean", "cls")
-FUSION_TRAINABLE_MODULES = ("tabular", "classifier")
-"""The fusion model's new modules: trained in full (peft `modules_to_save`) beside adapters."""
-LORA_TARGETS = ("query", "value")
-"""The BERT encoder's attention projections that `fusion_lora_config` adapts by default."""
 
 Rows = Mapping[str, Sequence[Any]]
 """Columns of equal length: a dict of lists, an HF `datasets` batch or a pandas frame."""
@@ -204,111 +197,6 @@ def with_tabular(ds: datasets.Dataset, spec: TabularSpec) -> datasets.Dataset:
         return {name: tensor.tolist() for name, tensor in encode_tabular(batch, spec).items()}
 
     return ds.map(encode, batched=True)
-
-
-# ---- federated statistics ---------------------------------------------------------------
-
-
-def local_statistics(
-    rows: Rows, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
-) -> dict[str, dict]:
-    """One client's sufficient statistics: per numeric column only `count`, `sum` and
-    `sum_sq` of its present values, per categorical column only value -> count (missing
-    values left out). With a single row, `sum` is that row's value: keep shards larger."""
-    stats: dict[str, dict] = {"numeric": {}, "categorical": {}}
-    for name in numeric:
-        x = _numbers(_column(rows, name), name)
-        x = x[~np.isnan(x)]
-        stats["numeric"][name] = {
-            "count": float(x.size),
-            "sum": float(x.sum()),
-            "sum_sq": float(np.square(x).sum()),
-        }
-    for name in categorical:
-        counts = Counter(_category(v) for v in _column(rows, name))
-        counts.pop(None, None)
-        stats["categorical"][name] = {value: int(n) for value, n in sorted(counts.items())}
-    return stats
-
-
-def flatten_statistics(stats: Mapping[str, Mapping]) -> dict[str, float | int]:
-    """`local_statistics` as one flat str -> number dict (keys are JSON lists), for a Flower
-    MetricRecord; `["categorical", column]` marks each categorical column (its total)."""
-    flat: dict[str, float | int] = {}
-    for name, fields in stats.get("numeric", {}).items():
-        for field in ("count", "sum", "sum_sq"):
-            flat[json.dumps(["numeric", name, field])] = float(fields[field])
-    for name, counts in stats.get("categorical", {}).items():
-        flat[json.dumps(["categorical", name])] = int(sum(counts.values()))
-        for value, n in counts.items():
-            flat[json.dumps(["categorical", name, value])] = int(n)
-    return flat
-
-
-def unflatten_statistics(flat: Mapping[str, float | int]) -> dict[str, dict]:
-    """The inverse of `flatten_statistics`."""
-    stats: dict[str, dict] = {"numeric": {}, "categorical": {}}
-    for key, value in flat.items():
-        try:
-            kind, name, *rest = json.loads(key)
-        except (ValueError, TypeError):
-            raise DataError(f"tabular statistics: malformed key {short(key)}") from None
-        if kind not in stats or len(rest) > 1:
-            raise DataError(f"tabular statistics: malformed key {short(key)}")
-        column = stats[kind].setdefault(name, {})
-        if rest:
-            column[rest[0]] = value
-    return stats
-
-
-def _check_numeric(name: str, fields: Any) -> np.ndarray:
-    """A client's (count, sum, sum_sq) of column `name`."""
-    try:
-        return np.array([float(fields[key]) for key in ("count", "sum", "sum_sq")])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(
-            f"tabular statistics for {name!r}: need numbers count, sum, sum_sq"
-        ) from None
-
-
-def merge_statistics(
-    client_stats: Sequence[Mapping[str, Mapping]],
-    max_categories: int | None = None,
-    min_count: int = 1,
-) -> TabularSpec:
-    """The federation's TabularSpec from clients' `local_statistics`: each numeric column's
-    mean and (population) std from the summed counts and sums (std 1 for a constant column),
-    each vocabulary sorted by total count (descending) then value, values seen fewer than
-    `min_count` times dropped, capped at `max_categories`. Columns sorted by name. (The
-    variance from sums loses precision where a column's mean dwarfs its spread, e.g. raw
-    Unix timestamps: shift such a column before.)"""
-    totals: dict[str, np.ndarray] = {}
-    counts: dict[str, Counter] = {}
-    for stats in client_stats:
-        for name, fields in stats.get("numeric", {}).items():
-            totals[name] = totals.get(name, np.zeros(3)) + _check_numeric(name, fields)
-        for name, values in stats.get("categorical", {}).items():
-            counts.setdefault(name, Counter()).update({str(v): int(n) for v, n in values.items()})
-    both = sorted(set(totals) & set(counts))
-    if both:
-        raise DataError(
-            f"tabular column {both[0]!r}: numeric for some clients, categorical for others"
-        )
-    numeric = []
-    for name in sorted(totals):
-        n, total, total_sq = totals[name]
-        if n <= 0:
-            raise DataError(f"tabular column {name!r}: no client holds a numeric value")
-        mean = total / n
-        std = math.sqrt(max(total_sq / n - mean * mean, 0.0))
-        numeric.append(NumericColumn(name=name, mean=mean, std=std if std > 0 else 1.0))
-    categorical = []
-    for name in sorted(counts):
-        kept = [(v, n) for v, n in counts[name].items() if n >= min_count]
-        kept.sort(key=lambda item: (-item[1], item[0]))
-        vocabulary = tuple(v for v, _ in kept[:max_categories])
-        categorical.append(CategoricalColumn(name=name, vocabulary=vocabulary))
-    return TabularSpec(numeric=tuple(numeric), categorical=tuple(categorical))
 
 
 # ---- model ------------------------------------------------------------------------------
@@ -539,31 +427,3 @@ def _encoder_from_config(config: PretrainedConfig, pooling: str) -> PreTrainedMo
 AutoConfig.register(FusionConfig.model_type, FusionConfig, exist_ok=True)
 AutoModel.register(FusionConfig, FusionModel, exist_ok=True)
 AutoModelForSequenceClassification.register(FusionConfig, FusionModel, exist_ok=True)
-
-
-# ---- peft -------------------------------------------------------------------------------
-
-
-def fusion_trainable_modules() -> list[str]:
-    """The modules that train in full under adapters (peft `modules_to_save`)."""
-    return list(FUSION_TRAINABLE_MODULES)
-
-
-def fusion_lora_config(
-    rank: int = 8,
-    alpha: float = 16.0,
-    dropout: float = 0.0,
-    target_modules: Sequence[str] = LORA_TARGETS,
-) -> peft.LoraConfig:
-    """LoRA on the encoder's `target_modules` (BERT: query, value), the tabular tower and
-    the head trained in full; `peft.get_peft_model(model, fusion_lora_config())` wraps a
-    FusionModel (no task type: the generic PeftModel passes numeric/categorical through)."""
-    import peft
-
-    return peft.LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        modules_to_save=fusion_trainable_modules(),
-    )

@@ -1,5 +1,5 @@
-"""The text + tabular fusion classifier on a tiny random BERT (no downloads), tabular encoding,
-federated statistics and LoRA wrapping."""
+"""The text + tabular fusion classifier on a tiny random BERT (no downloads) and its tabular
+encoding."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import peft
 import pytest
 import torch
-from flwr.app import MetricRecord
 from transformers import BertConfig, BertModel, BertTokenizerFast, DataCollatorWithPadding
 
 from fedtune.data import DataError
@@ -22,12 +20,6 @@ from fedtune.fusion import (
     NumericColumn,
     TabularSpec,
     encode_tabular,
-    flatten_statistics,
-    fusion_lora_config,
-    fusion_trainable_modules,
-    local_statistics,
-    merge_statistics,
-    unflatten_statistics,
     with_tabular,
 )
 
@@ -181,77 +173,6 @@ def client_rows(seed: int, n: int) -> dict[str, list]:
             ["Drama", "Comedy", "Action", "Noir"], n, p=[0.4, 0.3, 0.2, 0.1]
         ).tolist(),
     }
-
-
-def test_merged_statistics_match_numpy_on_the_pooled_rows() -> None:
-    clients = [client_rows(seed, n) for seed, n in ((0, 40), (1, 7), (2, 120))]
-    sent = []
-    for rows in clients:
-        stats = local_statistics(rows, numeric=["age"], categorical=["genre"])
-        record = MetricRecord(flatten_statistics(stats))  # what travels to the server
-        sent.append(unflatten_statistics(dict(record)))
-    spec = merge_statistics(sent)
-    pooled = np.array([a for rows in clients for a in rows["age"] if a is not None])
-    (age,) = spec.numeric
-    assert age.name == "age"
-    assert age.mean == pytest.approx(pooled.mean(), rel=1e-12)
-    assert age.std == pytest.approx(pooled.std(), rel=1e-9)
-    genres = [g for rows in clients for g in rows["genre"]]
-    by_count = sorted(set(genres), key=lambda g: (-genres.count(g), g))
-    assert spec.categorical[0].vocabulary == tuple(by_count)
-    capped = merge_statistics(sent, max_categories=2).categorical[0].vocabulary
-    assert capped == tuple(by_count[:2])
-    assert (
-        "Noir"
-        not in merge_statistics(sent, min_count=genres.count("Noir") + 1).categorical[0].vocabulary
-    )
-
-
-def test_vocabulary_ties_sort_by_name_and_constant_columns_get_std_one() -> None:
-    a = local_statistics({"x": [2.0, 2.0], "c": ["b", "a"]}, ["x"], ["c"])
-    b = local_statistics({"x": [2.0], "c": ["c"]}, ["x"], ["c"])
-    spec = merge_statistics([a, b])
-    assert spec.categorical[0].vocabulary == ("a", "b", "c")
-    assert (spec.numeric[0].mean, spec.numeric[0].std) == (2.0, 1.0)
-    with pytest.raises(DataError, match="'x': no client holds a numeric value"):
-        merge_statistics([local_statistics({"x": [None]}, ["x"], [])])
-
-
-def test_client_statistics_hold_no_row_level_values() -> None:
-    small, large = client_rows(3, 30), client_rows(4, 3000)
-    flat_small = flatten_statistics(local_statistics(small, ["age"], ["genre"]))
-    flat_large = flatten_statistics(local_statistics(large, ["age"], ["genre"]))
-    assert len(flat_small) == len(flat_large) == 3 + 1 + 4  # count/sum/sum_sq, 4 genres
-    stats = local_statistics(large, ["age"], ["genre"])
-    assert set(stats["numeric"]["age"]) == {"count", "sum", "sum_sq"}
-    assert set(stats["categorical"]["genre"]) == {"Drama", "Comedy", "Action", "Noir"}
-    raw = {a for a in large["age"] if a is not None}
-    assert not raw & set(flat_large.values())
-    assert all(isinstance(v, int | float) for v in flat_large.values())
-
-
-def test_lora_trains_exactly_adapters_tower_and_head() -> None:
-    model = tiny_fusion()
-    tower_and_head = {
-        name
-        for name, _ in model.named_parameters()
-        if name.split(".")[0] in ("tabular", "classifier")
-    }
-    wrapped = peft.get_peft_model(model, fusion_lora_config(rank=4))
-    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
-    adapters = {n for n in trainable if ".lora_A." in n or ".lora_B." in n}
-    assert len(adapters) == 2 * 2 * 2  # 2 layers x (query, value) x (A, B)
-    assert all(".attention.self.query." in n or ".attention.self.value." in n for n in adapters)
-    copies = {
-        n.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
-        for n in trainable - adapters
-    }
-    assert copies == tower_and_head
-    assert fusion_trainable_modules() == ["tabular", "classifier"]
-    out = wrapped(**batch(), labels=torch.tensor([0, 1, 1, 0]))
-    out.loss.backward()
-    assert all(p.grad is not None for n, p in wrapped.named_parameters() if n in trainable)
-    assert isinstance(wrapped.merge_and_unload(), FusionModel)
 
 
 def test_tabular_columns_batch_with_the_tokens() -> None:
