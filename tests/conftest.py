@@ -116,6 +116,17 @@ def make_scenario(tiny_model_dir: Path, toy_csv: Path, tmp_path: Path):
     return make
 
 
+def node_context(num_partitions: int, partition_id: int = 0) -> Context:
+    """A simulated node's Context, to call a ClientApp directly."""
+    return Context(
+        run_id=1,
+        node_id=partition_id + 1,
+        node_config={"partition-id": partition_id, "num-partitions": num_partitions},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
 @pytest.fixture
 def task_identity() -> None:
     """Flower needs a task identity to build messages outside a runtime."""

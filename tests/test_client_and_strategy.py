@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import node_context
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
@@ -75,16 +76,7 @@ def test_fedavg_over_updates_equals_fedavg_over_weights(task_identity) -> None:
 
 
 def _context(scenario, partition_id: int = 0) -> Context:
-    return Context(
-        run_id=1,
-        node_id=partition_id + 1,
-        node_config={
-            "partition-id": partition_id,
-            "num-partitions": scenario.partition.num_clients,
-        },
-        state=RecordDict(),
-        run_config={},
-    )
+    return node_context(scenario.partition.num_clients, partition_id)
 
 
 def test_one_client_full_participation_equals_local_training(make_scenario, task_identity) -> None:

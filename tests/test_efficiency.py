@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fedtune, write_scenario
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from conftest import fedtune, node_context, write_scenario
+from flwr.app import ConfigRecord, Message, RecordDict
 from transformers import AutoModelForSequenceClassification
 
 from fedtune.client import RESIDUAL, _loaded_model, build_client_app
@@ -152,13 +152,7 @@ def test_lora_int8_reply_holds_only_packed_adapters_and_head(make_scenario, task
     model = load_model(scenario.model.name, fed.label_names, scenario.seed, scenario.model.peft)
     glob = trainable_weights(model)
     app = build_client_app(scenario)
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 2},
-        state=RecordDict(),
-        run_config={},
-    )
+    context = node_context(2)
     content = RecordDict({"arrays": to_record(glob), "config": ConfigRecord({"server-round": 1})})
     msg = Message(content, dst_node_id=1, message_type="train")
     reply = app(msg, context)

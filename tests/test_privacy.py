@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import node_context
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
@@ -44,13 +45,7 @@ def _reply(update: dict, client: int, n: int = 10) -> Message:
 
 
 def _context(partition_id: int = 0, clients: int = 2) -> Context:
-    return Context(
-        run_id=1,
-        node_id=partition_id + 1,
-        node_config={"partition-id": partition_id, "num-partitions": clients},
-        state=RecordDict(),
-        run_config={},
-    )
+    return node_context(clients, partition_id)
 
 
 def _train(app, glob: dict, context: Context, config: dict | None = None) -> Message:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, fedtune, write_scenario
+from conftest import WORDS, fedtune, node_context, write_scenario
 from fastapi.testclient import TestClient
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from fedtune import fusion
@@ -118,13 +118,7 @@ def test_a_fusion_client_sends_only_its_trainable_weights(tabular_scenario, task
         k.startswith("classifier.") for k in glob
     )
     content = RecordDict({"arrays": to_record(glob), "config": ConfigRecord({"server-round": 1})})
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 2},
-        state=RecordDict(),
-        run_config={},
-    )
+    context = node_context(2)
     reply = build_client_app(scenario)(
         Message(content, dst_node_id=1, message_type="train"), context
     )
