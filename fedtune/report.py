@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedtune.atomic import write_atomic  # noqa: E402
 from fedtune.errors import FedtuneError, first_line
-from fedtune.metrics import CENTRAL_KEYS  # noqa: E402
+from fedtune.metrics import CENTRAL_KEYS, TASK_KEYS  # noqa: E402
 
 FIGURE_SIZE = (7.0, 4.0)
 DPI = 100
@@ -188,6 +188,19 @@ def make_figures(run_dir: Path) -> list[Path]:
     return [p for p in made if p is not None]
 
 
+TASK_LABELS = {
+    "auc": "AUC",
+    "log_loss": "log-loss",
+    "ndcg_at_10": "NDCG@10",
+    "hit_rate_at_10": "HR@10",
+}
+
+
+def task_keys(finals: list[dict]) -> list[str]:
+    """The task metrics (AUC, ranking...) that some of the runs measured, in TASK_KEYS order."""
+    return [k for k in TASK_KEYS if any(k in final for final in finals)]
+
+
 def _majority_line(majority: dict | None) -> list[str]:
     """The baseline a run must beat: always the test split's most common label."""
     if majority is None:
@@ -236,6 +249,7 @@ def write_report(run_dir: Path) -> Path:
     figures = make_figures(run_dir)
     summary, run_dir = run["summary"], Path(run_dir)
     final = summary["final"]
+    extra = task_keys([final])
     parts = [
         f"# fedtune run: {summary['scenario']} ({summary['mode']})",
         _markdown_table(
@@ -245,6 +259,7 @@ def write_report(run_dir: Path) -> Path:
                 "accuracy",
                 "macro-F1",
                 "loss",
+                *(TASK_LABELS[k] for k in extra),
                 "wall s",
                 "bytes up",
                 "bytes down",
@@ -256,6 +271,7 @@ def write_report(run_dir: Path) -> Path:
                     final["accuracy"],
                     final["macro_f1"],
                     final["loss"],
+                    *(final[k] for k in extra),
                     summary["wall_seconds"],
                     summary.get("bytes_up_total", 0),
                     summary.get("bytes_down_total", 0),
@@ -427,11 +443,13 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
             ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     _save(fig, out_dir / "compare.png")
+    extra = task_keys([r["summary"]["final"] for r in runs])
     rows = [
         [
             name,
             None if r["summary"]["mode"] == "local" else r["summary"]["rounds_completed"],
             *(r["summary"]["final"][k] for k in CENTRAL_KEYS),
+            *(r["summary"]["final"].get(k) for k in extra),
             r["summary"]["wall_seconds"],
             r["summary"].get("bytes_up_total", 0),
         ]
@@ -442,7 +460,17 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
             [
                 "# fedtune comparison",
                 _markdown_table(
-                    ["run", "rounds", "accuracy", "macro-F1", "loss", "wall s", "bytes up"], rows
+                    [
+                        "run",
+                        "rounds",
+                        "accuracy",
+                        "macro-F1",
+                        "loss",
+                        *(TASK_LABELS[k] for k in extra),
+                        "wall s",
+                        "bytes up",
+                    ],
+                    rows,
                 ),
                 "![compare](compare.png)",
                 *_worth_it_tables(runs, names),

@@ -23,6 +23,7 @@ from fedtune.client import build_client_app
 from fedtune.data import build_federated_data, tokenize
 from fedtune.errors import DataError
 from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
+from fedtune.report import write_report
 from fedtune.serving import Predictor, create_app
 
 TABULAR = {
@@ -103,6 +104,9 @@ def test_a_fusion_federation_reports_auc_and_ranking(tabular_scenario, run_local
     assert {"auc", "log_loss", "ndcg_at_10", "hit_rate_at_10"} <= set(final)
     assert summary["history"][-1]["auc"] > summary["history"][0]["auc"]
     assert final["auc"] > 0.8, final  # the score column alone separates the labels
+    report = write_report(Path(summary["run_dir"])).read_text()
+    assert "| AUC | log-loss | NDCG@10 | HR@10 |" in report
+    assert f"{final['auc']:.4f}" in report
 
 
 def test_a_fusion_client_sends_only_its_trainable_weights(tabular_scenario, task_identity) -> None:
