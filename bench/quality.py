@@ -617,6 +617,7 @@ def _base_row(
         if record["history"] and record["history"][-1]["round"] > rounds:
             row["last"] = record["history"][-1]
         row["bytes_up"] = record.get("bytes_up_per_client_round")
+        row["client_error_rounds"] = client_error_rounds(record)
     elif record:
         row["error"] = record["error"]
     row["bytes_share"] = (
@@ -628,6 +629,20 @@ def _base_row(
         base = records.get(name)
         row[name] = base["final"] if ok(base) else ({"error": base["error"]} if base else None)
     return row
+
+
+def client_error_rounds(record: dict) -> list[int]:
+    """Rounds of a federated run in which some client failed to reply to training (a worker
+    killed, e.g. for memory), read from its run directory: its figures there are suspect."""
+    path = ROOT / record.get("run_dir", "-") / "metrics.jsonl"
+    if record.get("mode") != "federated" or not path.is_file():
+        return []
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    return [
+        line["round"]
+        for line in lines
+        if line.get("failures", {}).get("train", {}).get("errors", 0)
+    ]
 
 
 def full_ft_bytes(cache: Cache, quick: bool) -> float | None:
@@ -681,6 +696,8 @@ def _value_cell(row: dict) -> str:
     text = _pair(row)
     if row.get("last"):
         text += f" (round {row['last']['round']}: {_pair(row['last'])})"
+    if row.get("client_error_rounds"):
+        text += f"; clients failed in round(s) {', '.join(map(str, row['client_error_rounds']))}"
     return text
 
 

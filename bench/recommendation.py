@@ -30,7 +30,15 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from quality import Cache, Invocation, RunFailed, read_run, run_dir_for, run_fedtune  # noqa: E402
+from quality import (  # noqa: E402
+    Cache,
+    Invocation,
+    RunFailed,
+    client_error_rounds,
+    read_run,
+    run_dir_for,
+    run_fedtune,
+)
 
 SCENARIO = "recommendation"
 QUICK = {"data.max_samples": 600, "federation.rounds": 1}
@@ -118,6 +126,9 @@ def fedtune_rows(quick: bool, cache: Cache, work: Path) -> dict[str, dict]:
             try:
                 run_fedtune(inv.argv(run_dir))
                 record = {**read_run(run_dir), "seconds": round(time.monotonic() - started, 1)}
+                failed = client_error_rounds(record)
+                if failed:  # a killed worker: not a measurement, rerun it next time
+                    record = {"error": f"clients failed in round(s) {failed}"}
             except RunFailed as exc:
                 record = {"error": str(exc)}
             cache.put(key, {**record, "command": inv.shell(run_dir)})

@@ -231,3 +231,18 @@ def test_dry_run_validates_every_shipped_command(quality, bench, capsys) -> None
     }
     assert f"{len(distinct)} distinct commands" in out
     assert not bench["json"].exists()
+
+
+def test_rounds_with_failed_clients_are_flagged(quality, tmp_path: Path) -> None:
+    """A worker killed mid-run (e.g. for memory) leaves rounds the table must not pass off."""
+    lines = [
+        {"round": 0},
+        {"round": 1, "failures": {"train": {"sampled": 4, "replied": 4, "errors": 0}}},
+        {"round": 2, "failures": {"train": {"sampled": 4, "replied": 1, "errors": 3}}},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    record = {"mode": "federated", "run_dir": str(tmp_path)}
+    assert quality.client_error_rounds(record) == [2]
+    assert quality.client_error_rounds({**record, "mode": "centralized"}) == []
+    row = {"accuracy": 0.8, "macro_f1": 0.7, "client_error_rounds": [2]}
+    assert quality._value_cell(row).endswith("; clients failed in round(s) 2")
