@@ -323,18 +323,20 @@ def _finished(summary: dict) -> int:
     return 0
 
 
+HEADLINE_NAMES = {"auc": "AUC", "macro_f1": "macro-F1", "accuracy": "accuracy"}
+
+
 def _headline(final: dict, majority: dict | None) -> str:
-    """Accuracy and macro-F1, the headline one first (macro-F1 when the test split is
-    imbalanced), with what always predicting the majority class scores."""
-    names = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
-    order = (
-        ["macro_f1", "accuracy"] if majority and majority["headline"] == "macro_f1" else list(names)
-    )
-    text = ", ".join(f"{names[key]} {final[key]:.4f}" for key in order)
+    """Accuracy and macro-F1 (and AUC where measured), the headline one first (see
+    `metrics.majority_baseline`), with what always predicting the majority class scores."""
+    shown = [key for key in ("accuracy", "macro_f1", "auc") if key in final]
+    if majority is not None and majority["headline"] in shown:
+        shown.insert(0, shown.pop(shown.index(majority["headline"])))
+    text = ", ".join(f"{HEADLINE_NAMES[key]} {final[key]:.4f}" for key in shown)
     if majority is None:
         return text
-    shown = " / ".join(f"{majority[key]:.4f}" for key in order)
-    return f"{text} (majority class {majority['label']!r}: {shown})"
+    values = " / ".join(f"{majority[key]:.4f}" for key in shown if key in majority)
+    return f"{text} (majority class {majority['label']!r}: {values})"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def label_supports(per_class: dict) -> dict[str, int]:
 def majority_baseline(supports: dict[str, int]) -> dict | None:
     """Always predicting the most common test label: which, its share, and the accuracy
     and macro-F1 that scores; `headline` names the metric that separates learning from it
-    (macro-F1 on an imbalanced test split, else accuracy)."""
+    (AUC for two labels; else macro-F1 on an imbalanced test split, else accuracy)."""
     total = sum(supports.values())
     if not total:
         return None
@@ -65,13 +65,16 @@ def majority_baseline(supports: dict[str, int]) -> dict | None:
     y_true = np.repeat(np.arange(len(labels)), [supports[label] for label in labels])
     y_pred = np.full(total, labels.index(majority))
     share = supports[majority] / total
-    return {
+    baseline = {
         "label": majority,
         "share": share,
         "accuracy": share,
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "headline": "macro_f1" if share * len(labels) >= IMBALANCED else "accuracy",
     }
+    if len(labels) == 2:  # a constant score ranks nothing: AUC 0.5, the two-label headline
+        baseline.update(auc=0.5, headline="auc")
+    return baseline
 
 
 RANKING_K = 10

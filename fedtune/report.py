@@ -188,7 +188,8 @@ def make_figures(run_dir: Path) -> list[Path]:
     return [p for p in made if p is not None]
 
 
-TASK_LABELS = {
+METRIC_LABELS = {
+    "macro_f1": "macro-F1",
     "auc": "AUC",
     "log_loss": "log-loss",
     "ndcg_at_10": "NDCG@10",
@@ -205,12 +206,12 @@ def _majority_line(majority: dict | None) -> list[str]:
     """The baseline a run must beat: always the test split's most common label."""
     if majority is None:
         return []
-    headline = "macro-F1" if majority["headline"] == "macro_f1" else "accuracy"
+    why = {"macro_f1": " (the test split is imbalanced)", "auc": " (two labels)"}
     return [
         f"Majority class ({majority['label']}, {majority['share']:.1%} of the test split): "
         f"accuracy {majority['accuracy']:.4f}, macro-F1 {majority['macro_f1']:.4f}. "
-        f"Headline metric: {headline}"
-        + (" (the test split is imbalanced)." if headline == "macro-F1" else ".")
+        f"Headline metric: {METRIC_LABELS.get(majority['headline'], majority['headline'])}"
+        f"{why.get(majority['headline'], '')}."
     ]
 
 
@@ -259,7 +260,7 @@ def write_report(run_dir: Path) -> Path:
                 "accuracy",
                 "macro-F1",
                 "loss",
-                *(TASK_LABELS[k] for k in extra),
+                *(METRIC_LABELS[k] for k in extra),
                 "wall s",
                 "bytes up",
                 "bytes down",
@@ -466,7 +467,7 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
                         "accuracy",
                         "macro-F1",
                         "loss",
-                        *(TASK_LABELS[k] for k in extra),
+                        *(METRIC_LABELS[k] for k in extra),
                         "wall s",
                         "bytes up",
                     ],

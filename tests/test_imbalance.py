@@ -90,10 +90,16 @@ def test_the_majority_baseline_and_the_headline_metric() -> None:
     assert airline["label"] == "negative" and airline["accuracy"] == pytest.approx(0.62)
     assert airline["macro_f1"] == pytest.approx(2 * 0.62 / 1.62 / 3)  # its F1, 0 for the others
     assert airline["headline"] == "macro_f1"  # 62% >= 1.5 x a third
-    assert majority_baseline({"skip": 55, "like": 45})["headline"] == "accuracy"
+    binary = majority_baseline({"skip": 55, "like": 45})
+    assert (binary["headline"], binary["auc"]) == ("auc", 0.5)
+    assert majority_baseline({"a": 45, "b": 30, "c": 25})["headline"] == "accuracy"
     assert majority_baseline({"a": 0}) is None
     final = {"accuracy": 0.8, "macro_f1": 0.72}
     assert _headline(final, airline) == (
         "macro-F1 0.7200, accuracy 0.8000 (majority class 'negative': 0.2551 / 0.6200)"
     )
     assert _headline(final, None) == "accuracy 0.8000, macro-F1 0.7200"
+    assert _headline({**final, "auc": 0.75}, binary) == (
+        "AUC 0.7500, accuracy 0.8000, macro-F1 0.7200 (majority class 'skip': 0.5000 / 0.5500 / "
+        f"{binary['macro_f1']:.4f})"
+    )
