@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -137,21 +138,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def write_node_files(scenario: Scenario, nodes_dir: Path) -> list[Path]:
     """Each client's shard (the scenario's partition, before its local split) as
-    nodes/node-<i>/data.jsonl, with the scenario's column names and label names."""
+    nodes/node-<i>/data.jsonl, with the scenario's column names and label names (and its
+    tabular columns; a missing number as null)."""
     fed = federated_data(scenario)
     text, label = scenario.data.text_column, scenario.data.label_column
+    tabular = scenario.data.tabular.columns if scenario.data.tabular else ()
     paths = []
     for pid in range(scenario.partition.num_clients):
         shard = fed.partition(pid)
         path = nodes_dir / f"node-{pid}" / "data.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = (
-            json.dumps({text: t, label: fed.label_names[y]}, ensure_ascii=False)
-            for t, y in zip(shard[TEXT], shard[LABEL], strict=True)
+            json.dumps(
+                {
+                    text: row[TEXT],
+                    label: fed.label_names[row[LABEL]],
+                    **{c: _json_value(row[c]) for c in tabular},
+                },
+                ensure_ascii=False,
+            )
+            for row in shard.select_columns([TEXT, LABEL, *tabular])
         )
         path.write_text("\n".join(rows) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def _json_value(value: object) -> object:
+    """A cell for JSON: NaN (a missing number) as null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def absolute_paths(scenario: Scenario, run_dir: Path) -> Scenario:

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from fedtune import fusion
 from fedtune.cli import main
 from fedtune.client import build_client_app
-from fedtune.data import build_federated_data, tokenize
+from fedtune.data import build_federated_data, load_node_file, tokenize
 from fedtune.errors import DataError
 from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
 from fedtune.report import write_report
@@ -251,3 +251,21 @@ def test_a_cross_device_federation_samples_a_few_of_300_clients(
         trained = [c["partition-id"] for c in line["clients"]["train"]]
         assert len(trained) == len(set(trained)) == 6, trained
     assert json.loads((run_dir / "summary.json").read_text())["rounds_aggregated"] == 2
+
+
+def test_node_files_carry_the_tabular_columns(tabular_scenario, tmp_path: Path) -> None:
+    """`fedtune shards` writes what a deployed node needs: text, label and features, which
+    its loader reads back into the same encoded features."""
+    scenario = tabular_scenario()
+    path = write_scenario(scenario, tmp_path / "tab.yaml")
+    assert main(["shards", str(path), str(tmp_path / "nodes")]) == 0
+    node_file = tmp_path / "nodes" / "node-0" / "data.jsonl"
+    rows = [json.loads(line) for line in node_file.read_text().splitlines()]
+    assert set(rows[0]) == {"text", "label", "age", "score", "city"}
+    fed = build_federated_data(scenario)
+    node = load_node_file(str(node_file), scenario.data, fed.label_names)
+    tokenizer = load_tokenizer(scenario.model.name)
+    ours = tokenize(node, tokenizer, 32, scenario.data.tabular)[:]
+    theirs = tokenize(fed.partition(0), tokenizer, 32, scenario.data.tabular)[:]
+    assert torch.equal(ours["numeric"], theirs["numeric"])
+    assert torch.equal(ours["categorical"], theirs["categorical"])
