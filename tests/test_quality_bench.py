@@ -142,7 +142,7 @@ def test_full_run_table_verdicts_and_plot(quality, bench) -> None:
     assert dirichlet["fedprox"]["best"] and dirichlet["fedprox"]["result"] == "missed"
     assert dirichlet["fedprox"]["detail"] == "-4.0 / -4.0 pts"
     assert dirichlet["fedavg"]["result"] == "-"
-    assert rows_by_variant(bench, "pathological")["fedprox"]["result"] == "report"
+    assert rows_by_variant(bench, "pathological")["fedavg"]["result"] == "report"  # the best
 
     codecs = rows_by_variant(bench, "codecs")
     assert codecs["top-k 1% + EF"]["result"] == "-"  # as far at round 3, no extra rounds
@@ -166,7 +166,7 @@ def test_rerun_skips_recorded_commands_and_fresh_reruns_them(quality, bench) -> 
     assert again.calls == []
     fresh = FakeRunner(quality)
     quality.main(["--only", "iid", "--fresh"], runner=fresh)
-    assert [argv[0] for argv in fresh.calls] == ["run", "centralized", "local"]
+    assert [argv[0] for argv in fresh.calls] == ["centralized", "local", "run"]  # baselines first
 
 
 def test_failed_command_is_recorded_the_bench_goes_on_and_retries_it(quality, bench) -> None:
