@@ -407,7 +407,6 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
             **node.setup_metrics(),
         }
         metrics.update({f"eval_{k}": result.get(k, 0.0) for k in ("loss", "accuracy", "macro_f1")})
-        metrics.update({f"eval_{k}": result[k] for k in ("auc",) if k in result})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

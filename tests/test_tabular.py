@@ -131,6 +131,17 @@ def test_a_fusion_client_sends_only_its_trainable_weights(tabular_scenario, task
     assert {k: a.shape for k, a in arrays.items()} == {k: a.shape for k, a in glob.items()}
     metrics = dict(reply.content.metric_records["metrics"])
     assert all(isinstance(v, int | float) for v in metrics.values())
+    # Evaluation replies hold the same keys whatever a node's labels (Flower refuses to
+    # aggregate MetricRecords whose keys differ): no AUC, which one label cannot give.
+    content = RecordDict({"arrays": to_record(glob), "config": ConfigRecord({})})
+    evaluate = Message(content, dst_node_id=1, message_type="evaluate")
+    reply = build_client_app(scenario)(evaluate, node_context(2))
+    keys = set(reply.content.metric_records["metrics"])
+    assert {k for k in keys if k.startswith("eval_")} == {
+        "eval_loss",
+        "eval_accuracy",
+        "eval_macro_f1",
+    }
 
 
 def test_lora_on_a_fusion_model_trains_adapters_tower_and_head(tabular_scenario) -> None:
