@@ -119,13 +119,15 @@ def test_shipped_scenarios_validate_with_any_number_of_clients(path: Path, clien
 
 
 def test_shipped_scenarios_keep_their_node_counts() -> None:
-    """As shipped, every scenario samples all its clients and waits for all of them; with no
-    failures (none of them injects any) the minimums do not change a result."""
+    """As shipped, every scenario waits for all its clients and samples all of them (the
+    cross-device one: its fraction); with no failures (none of them injects any) the
+    minimums do not change a result."""
     for path in SHIPPED:
         scenario = load_scenario(path)
-        n = scenario.partition.num_clients
+        n, fraction = scenario.partition.num_clients, scenario.federation.fraction_train
         assert scenario.min_available_nodes == n, path.stem
-        assert scenario.clients_per_round == n, path.stem
+        assert scenario.clients_per_round == int(fraction * n), path.stem
+        assert (fraction == 1.0) == (path.stem != "recommendation_cross_device"), path.stem
         assert (scenario.min_train_nodes, scenario.min_evaluate_nodes) == (2, 2), path.stem
 
 
