@@ -202,6 +202,16 @@ def task_keys(finals: list[dict]) -> list[str]:
     return [k for k in TASK_KEYS if any(k in final for final in finals)]
 
 
+def metric_header(extra: list[str]) -> list[str]:
+    """Column names of a run's final test metrics: the central ones, then `extra`."""
+    return ["accuracy", "macro-F1", "loss", *(METRIC_LABELS[k] for k in extra)]
+
+
+def metric_cells(final: dict, extra: list[str]) -> list:
+    """The values under `metric_header` (None where a run did not measure one)."""
+    return [*(final[k] for k in CENTRAL_KEYS), *(final.get(k) for k in extra)]
+
+
 def _majority_line(majority: dict | None) -> list[str]:
     """The baseline a run must beat: always the test split's most common label."""
     if majority is None:
@@ -254,25 +264,12 @@ def write_report(run_dir: Path) -> Path:
     parts = [
         f"# fedtune run: {summary['scenario']} ({summary['mode']})",
         _markdown_table(
-            [
-                "clients",
-                "rounds",
-                "accuracy",
-                "macro-F1",
-                "loss",
-                *(METRIC_LABELS[k] for k in extra),
-                "wall s",
-                "bytes up",
-                "bytes down",
-            ],
+            ["clients", "rounds", *metric_header(extra), "wall s", "bytes up", "bytes down"],
             [
                 [
                     summary["num_clients"],
                     summary["rounds_completed"],
-                    final["accuracy"],
-                    final["macro_f1"],
-                    final["loss"],
-                    *(final[k] for k in extra),
+                    *metric_cells(final, extra),
                     summary["wall_seconds"],
                     summary.get("bytes_up_total", 0),
                     summary.get("bytes_down_total", 0),
@@ -449,8 +446,7 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
         [
             name,
             None if r["summary"]["mode"] == "local" else r["summary"]["rounds_completed"],
-            *(r["summary"]["final"][k] for k in CENTRAL_KEYS),
-            *(r["summary"]["final"].get(k) for k in extra),
+            *metric_cells(r["summary"]["final"], extra),
             r["summary"]["wall_seconds"],
             r["summary"].get("bytes_up_total", 0),
         ]
@@ -461,17 +457,7 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
             [
                 "# fedtune comparison",
                 _markdown_table(
-                    [
-                        "run",
-                        "rounds",
-                        "accuracy",
-                        "macro-F1",
-                        "loss",
-                        *(METRIC_LABELS[k] for k in extra),
-                        "wall s",
-                        "bytes up",
-                    ],
-                    rows,
+                    ["run", "rounds", *metric_header(extra), "wall s", "bytes up"], rows
                 ),
                 "![compare](compare.png)",
                 *_worth_it_tables(runs, names),
