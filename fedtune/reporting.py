@@ -277,9 +277,8 @@ class RunRecorder:
             "num_clients": self.num_clients,
             "rounds_completed": max(0, len(self.history) - 1),
             "final": {
-                k: last.get(k)
-                for k in (*CENTRAL_KEYS, *TASK_KEYS)
-                if k in CENTRAL_KEYS or k in last
+                **{k: last.get(k) for k in CENTRAL_KEYS},
+                **{k: last[k] for k in TASK_KEYS if k in last},
             },
             "majority_class": self.majority_class,
             "history": self.history,
