@@ -280,3 +280,22 @@ def test_node_files_carry_the_tabular_columns(tabular_scenario, tmp_path: Path) 
     theirs = tokenize(fed.partition(0), tokenizer, 32, scenario.data.tabular)[:]
     assert torch.equal(ours["numeric"], theirs["numeric"])
     assert torch.equal(ours["categorical"], theirs["categorical"])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"split_column": "fold"}, "data.split_column 'fold' not among the columns"),
+        ({"group_column": "person"}, "data.group_column 'person' not among the columns"),
+        ({"split_column": "city"}, "data.split_column 'city': no test row (test rows say 'test')"),
+    ],
+)
+def test_bad_split_and_group_columns_are_one_line(
+    tabular_scenario, tmp_path: Path, capsys, data: dict, message: str
+) -> None:
+    scenario = tabular_scenario(data=data)
+    path = write_scenario(scenario, tmp_path / "bad.yaml")
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not Path(scenario.output.dir).exists()
