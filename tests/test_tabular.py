@@ -208,6 +208,9 @@ def test_the_saved_fusion_model_predicts_and_serves_text_plus_features(
     assert main(["predict", str(model_dir), "--file", str(lines)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in printed] == [p["label"] for p in direct]
+    assert main(["predict", str(model_dir), "great thanks"]) == 2  # a text without features
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reads tabular features ['age', 'score', 'city']" in err[0], err
     lines.write_text('{"txt": "no text key"}\n')
     assert main(["predict", str(model_dir), "--file", str(lines)]) == 2
     assert "line 1: not a JSON object with a text" in capsys.readouterr().err
