@@ -46,6 +46,7 @@ from fedtune.node_data import NodeConfig, node_shard, partition_id, state_dir
 from fedtune.node_state import PREFIX, restore_state, save_state
 from fedtune.process import startup_seconds
 from fedtune.secagg import refuse_unmasked, secure_mod
+from fedtune.statistics import LABEL_COUNTS, LABEL_COUNTS_ACTION, label_counts_reply
 from fedtune.strategies import scaffold
 from fedtune.train import (
     dp_sgd_steps,
@@ -254,6 +255,12 @@ class TrainStep:
     control_gradient: Arrays | None = None
     """SCAFFOLD: the loss's mean gradient at the global weights (the node's new `c_i`)."""
 
+    @property
+    def label_counts(self) -> list[int] | None:
+        """The federation's label counts (`class_weights: federated`); None: the node's own."""
+        counts = self.config.get(LABEL_COUNTS)
+        return None if counts is None else list(counts)
+
 
 def local_update(step: TrainStep) -> Arrays:
     """Fine-tune on the node's shard from the global weights; return `local - global`."""
@@ -269,7 +276,9 @@ def local_update(step: TrainStep) -> Arrays:
     if dp_sgd.enabled:
         history = step.state.config_records.get(DP_SGD_HISTORY)
         history = json.loads(str(history["json"])) if history else None
-        result = dp_sgd_steps(node.model, loader, cfg, node.device, dp_sgd, history, on_step)
+        result = dp_sgd_steps(
+            node.model, loader, cfg, node.device, dp_sgd, history, on_step, step.label_counts
+        )
         step.state[DP_SGD_HISTORY] = ConfigRecord({"json": json.dumps(result.privacy_history)})
         step.metrics["dp_sgd_epsilon"] = result.epsilon
     else:
@@ -279,11 +288,17 @@ def local_update(step: TrainStep) -> Arrays:
         if batches is not None:  # at the global weights, before any local step
             grad_loader = make_loader(data, node.tokenizer, cfg.batch_size, node.run_seed)
             step.control_gradient = mean_gradient(
-                node.model, grad_loader, cfg, node.device, batches
+                node.model, grad_loader, cfg, node.device, batches, step.label_counts
             )
         terms += scaffold.correction_terms(node.model, step.received, step.state)
         result = train_steps(
-            node.model, loader, cfg, node.device, on_step=on_step, loss_terms=terms
+            node.model,
+            loader,
+            cfg,
+            node.device,
+            on_step=on_step,
+            loss_terms=terms,
+            label_counts=step.label_counts,
         )
     step.metrics.update(
         {
@@ -389,6 +404,16 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
         node = context.node_config
         metrics = {"partition-id": int(node["partition-id"])} if "partition-id" in node else {}
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.query(LABEL_COUNTS_ACTION)
+    @reported
+    def label_counts(msg: Message, context: Context) -> Message:
+        """The node's training examples per label (`class_weights: federated`): counts only."""
+        active = scenario or scenario_from_run_config(context.run_config)
+        label_names = tuple(msg.content["config"]["label-names"])
+        pid = partition_id(context.node_config, context.node_id)
+        data = _local_data(active, context.node_config, pid, label_names)
+        return label_counts_reply(msg, data.train["labels"], len(label_names))
 
     @app.evaluate()
     @reported

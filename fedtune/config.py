@@ -268,9 +268,12 @@ class TrainingConfig(Section):
     """`auto` is bf16 autocast on CUDA when supported, else fp32."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in shuffled mega-batches."""
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced", "federated"] = "none"
     """`balanced`: each label's loss is weighted by n / (labels x its count) in the node's own
-    training split (scikit-learn's `balanced`), so rare labels count as much as common ones."""
+    training split (scikit-learn's `balanced`), so rare labels count as much as common ones.
+    `federated`: the same weights from the whole federation's label counts, which every node
+    sends (counts only) in a statistics query before round 1; all nodes then weigh alike.
+    Centralized and local-only training have only their own split: `balanced` there."""
 
 
 class CodecConfig(Section):

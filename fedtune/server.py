@@ -30,6 +30,7 @@ from fedtune.model import (
 )
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.secagg import SecureAggregation
+from fedtune.statistics import LABEL_COUNTS, federation_label_counts
 from fedtune.strategies.factory import build_strategy
 from fedtune.strategies.privacy import privacy_spent
 from fedtune.train import evaluate, pick_device
@@ -144,6 +145,12 @@ class FederatedRun:
         ):
             self.grid = ObservedGrid(self.grid, self.progress)
             self.grid.identify(fl.round_timeout)  # before any RNG state is saved or restored
+            if self.scenario.training.class_weights == "federated":
+                counts = federation_label_counts(
+                    self.grid, self.server.label_names, fl.round_timeout
+                )
+                self.grid.take_exchanges()  # a statistics query, not a round
+                self.config[LABEL_COUNTS] = counts
             for server_round in range(self.start(), fl.rounds + 1):
                 arrays = self.train_round(server_round)
                 self.evaluate_round(server_round, arrays)

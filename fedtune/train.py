@@ -79,13 +79,22 @@ class _Steps:
     """Per-label loss weights (`training.class_weights`); None: the model's own loss."""
 
 
-def class_weights(loader: DataLoader, cfg: TrainingConfig, num_labels: int) -> torch.Tensor | None:
-    """`balanced` weights from the loader's labels (a label absent from them gets 0: it has
-    no example to weigh), or None for the model's unweighted loss."""
+def class_weights(
+    loader: DataLoader,
+    cfg: TrainingConfig,
+    num_labels: int,
+    label_counts: Sequence[int] | None = None,
+) -> torch.Tensor | None:
+    """scikit-learn's `balanced` weights from `label_counts` (the federation's, under
+    `class_weights: federated`) or else the loader's labels; a label with no example gets 0.
+    None for the model's unweighted loss."""
     if cfg.class_weights == "none":
         return None
-    labels = np.asarray(loader.dataset["labels"])
-    present = np.unique(labels)
+    if label_counts is None:
+        label_counts = np.bincount(np.asarray(loader.dataset["labels"]), minlength=num_labels)
+    counts = np.asarray(label_counts, dtype=np.int64)
+    present = np.flatnonzero(counts)
+    labels = np.repeat(np.arange(num_labels), counts)
     weights = np.zeros(num_labels, dtype=np.float32)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return torch.from_numpy(weights)
@@ -132,11 +141,12 @@ def train_steps(
     max_examples: int | None = None,
     on_step: Callable[[int], None] | None = None,
     loss_terms: Sequence[LossTerm] = (),
+    label_counts: Sequence[int] | None = None,
 ) -> TrainResult:
     """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
     for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
     `on_step(examples_seen)` is called after each optimizer step; `loss_terms` are added
-    to every batch's loss."""
+    to every batch's loss; `label_counts` are what `class_weights` weighs by."""
     model.to(device).train()
     dtype = autocast_dtype(cfg.precision, device)
     steps = _Steps(
@@ -146,7 +156,7 @@ def train_steps(
         _batches(loader, cfg, max_examples),
         clip=True,
         dtype=dtype,
-        class_weights=class_weights(loader, cfg, model.config.num_labels),
+        class_weights=class_weights(loader, cfg, model.config.num_labels, label_counts),
     )
     return _run(model, steps, cfg, device, on_step, loss_terms)
 
@@ -159,6 +169,7 @@ def dp_sgd_steps(
     dp_sgd: DPSGDConfig,
     history: list | None,
     on_step: Callable[[int], None] | None = None,
+    label_counts: Sequence[int] | None = None,
 ) -> TrainResult:
     """`train_steps` as opacus' DP-SGD (per-example clipping, Gaussian noise, Poisson
     batches, fp32), accounted on top of `history` from earlier rounds."""
@@ -176,7 +187,7 @@ def dp_sgd_steps(
         max_grad_norm=dp_sgd.max_grad_norm,
     )
     try:
-        weights = class_weights(loader, cfg, model.config.num_labels)
+        weights = class_weights(loader, cfg, model.config.num_labels, label_counts)
         steps = _Steps(forward, optimizer, private_loader, batches, False, None, weights)
         result = _run(model, steps, cfg, device, on_step, ())
     finally:
@@ -233,13 +244,14 @@ def mean_gradient(
     cfg: TrainingConfig,
     device: torch.device,
     max_batches: int,
+    label_counts: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The mean gradient of the training loss (with `cfg.class_weights`) over the first
     `max_batches` batches of `loader`, for every trainable parameter, at the model's current
     weights (no step is taken)."""
     model.to(device).train()
     model.zero_grad(set_to_none=True)
-    weights = class_weights(loader, cfg, model.config.num_labels)
+    weights = class_weights(loader, cfg, model.config.num_labels, label_counts)
     batches = 0
     for batch in itertools.islice(loader, max_batches):
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -103,3 +103,86 @@ def test_the_majority_baseline_and_the_headline_metric() -> None:
         "AUC 0.7500, accuracy 0.8000, macro-F1 0.7200 (majority class 'skip': 0.5000 / 0.5500 / "
         f"{binary['macro_f1']:.4f})"
     )
+
+
+def test_given_label_counts_weigh_instead_of_the_loaders() -> None:
+    ds, (_, tokenizer) = toy_data({"negative": 6, "neutral": 2, "positive": 0})
+    loader = loader_of(ds, tokenizer, 4)
+    cfg = TrainingConfig(class_weights="federated")
+    got = class_weights(loader, cfg, 3, label_counts=[10, 5, 5])
+    np.testing.assert_allclose(got.numpy(), [20 / 30, 20 / 15, 20 / 15], rtol=1e-6)
+    own = class_weights(loader, cfg, 3)  # no federation (centralized, local-only): its own
+    np.testing.assert_allclose(own.numpy(), [8 / 12, 8 / 4, 0.0], rtol=1e-6)
+
+
+def test_federated_class_weights_come_from_every_nodes_label_counts(
+    make_scenario, task_identity, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before round 1 every node answers a label-counts query with counts only (the payload
+    audit); the server sums them and every train message carries the sum, which each node's
+    loss weighs by."""
+    import fedtune.client
+    from conftest import LocalGrid
+    from flwr.app import MessageType
+
+    from fedtune.server import FederatedRun
+    from fedtune.statistics import LABEL_COUNTS
+
+    scenario = make_scenario(
+        partition={"kind": "dirichlet", "alpha": 0.5, "num_clients": 2},
+        federation={"rounds": 1, "min_available_nodes": 2},
+        training={"class_weights": "federated"},
+    )
+    used = []
+    real_train_steps = fedtune.client.train_steps
+
+    def spy(*args, label_counts=None, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        used.append(label_counts)
+        return real_train_steps(*args, label_counts=label_counts, **kwargs)
+
+    monkeypatch.setattr(fedtune.client, "train_steps", spy)
+    grid = LocalGrid(scenario)
+    run = FederatedRun(grid, scenario, tmp_path / "run", quiet=True, resume=False)
+    run.run()
+    query = f"{MessageType.QUERY}.label_counts"
+    replies = [r for r in grid.received if r.metadata.message_type == query]
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2]
+    per_node = []
+    for reply in replies:  # the payload audit: one metric of counts, nothing else
+        content = reply.content
+        assert not content.array_records and not content.config_records
+        assert list(content.metric_records) == ["metrics"]
+        assert list(content["metrics"]) == [LABEL_COUNTS]
+        per_node.append(list(content["metrics"][LABEL_COUNTS]))
+    label_names = run.server.label_names
+    expected = [0] * len(label_names)
+    for pid in (0, 1):
+        local = fedtune.client._local_data(
+            scenario, grid.contexts[pid + 1].node_config, pid, label_names
+        )
+        for label in local.train["labels"]:
+            expected[int(label)] += 1
+    assert [sum(c) for c in zip(*per_node, strict=True)] == expected
+    assert per_node[0] != per_node[1], "Dirichlet shards differ: the sum is not one node's"
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert trains and all(list(m.content["config"][LABEL_COUNTS]) == expected for m in trains)
+    assert used == [expected, expected]
+
+
+def test_a_node_without_label_counts_stops_the_run_naming_it(
+    make_scenario, task_identity, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedtune.client
+    from conftest import LocalGrid
+
+    from fedtune.server import FederatedRun
+
+    scenario = make_scenario(training={"class_weights": "federated"})
+
+    def broken(scenario, node_config, pid, label_names):  # noqa: ANN001, ANN202
+        raise OSError(f"shard {pid} unreadable")
+
+    monkeypatch.setattr(fedtune.client, "_local_data", broken)
+    run = FederatedRun(LocalGrid(scenario), scenario, tmp_path / "run", quiet=True, resume=False)
+    with pytest.raises(ValueError, match=r"node 1 sent no label counts: client 0.*unreadable"):
+        run.run()
