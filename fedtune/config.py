@@ -191,6 +191,11 @@ class FederationConfig(Section):
     rounds: int = Field(3, ge=1)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0)
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    """Who trains each round. `fixed`: Flower's uniform sample of fraction_train x clients.
+    `poisson`: each client independently with probability clients / num_clients (clients as
+    `fixed` computes it; the count varies per round), seeded by (seed, round); client-level
+    DP then aggregates sum / expected clients and its accountant credits the subsampling."""
     min_train_nodes: int | None = Field(None, ge=1)
     """Fewest accepted updates a round aggregates (fewer: the global model is kept). null:
     Flower's default of 2, but never more than the clients sampled per round."""

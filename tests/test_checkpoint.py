@@ -59,6 +59,10 @@ CASES = {
     "fedavg": {},
     "fedadam": {"federation": {"strategy": "fedadam", "strategy_params": {"eta": 0.01}}},
     "client-level DP": {"privacy": {"dp": {"enabled": True, "noise_multiplier": 0.5}}},
+    "client-level DP, Poisson sampling": {
+        "federation": {"sampling": "poisson"},
+        "privacy": {"dp": {"enabled": True, "noise_multiplier": 0.5}},
+    },
     "top-k codec with error feedback": {"codec": {"kind": "topk", "topk_fraction": 0.1}},
     "scaffold": {"federation": {"strategy": "scaffold"}},
     "fedavgm (server momentum by default)": {"federation": {"strategy": "fedavgm"}},

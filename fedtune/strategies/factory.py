@@ -10,6 +10,7 @@ from fedtune.adapters.ranks import RankedLora
 from fedtune.config import Scenario, ScenarioError
 from fedtune.strategies import STRATEGIES
 from fedtune.strategies.deltas import UNIFORM_WEIGHT, DeltaUpdates
+from fedtune.strategies.poisson import PoissonSampling
 from fedtune.strategies.privacy import with_privacy
 
 
@@ -60,19 +61,30 @@ def build_strategy(scenario: Scenario, evaluate: bool = True) -> Strategy:
     dp = scenario.privacy.dp.enabled
     if dp:  # client-level DP counts every client equally
         params["weighted_by_key"] = UNIFORM_WEIGHT
+    poisson = cfg.sampling == "poisson"  # the inner strategy trains every node it is shown
     try:
         inner = STRATEGIES[cfg.strategy](
-            fraction_train=cfg.fraction_train,
+            fraction_train=1.0 if poisson else cfg.fraction_train,
             fraction_evaluate=cfg.fraction_evaluate if evaluate else 0.0,
-            min_train_nodes=scenario.min_train_nodes,
+            min_train_nodes=1 if poisson else scenario.min_train_nodes,
             min_evaluate_nodes=scenario.min_evaluate_nodes,
-            min_available_nodes=scenario.min_available_nodes,
+            min_available_nodes=1 if poisson else scenario.min_available_nodes,
             train_metrics_aggr_fn=aggregate_client_metrics,
             evaluate_metrics_aggr_fn=aggregate_client_metrics,
             **params,
         )
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"federation.strategy_params for {cfg.strategy}: {exc}") from None
+    if poisson:
+        sampled = scenario.clients_per_round
+        inner = PoissonSampling(
+            inner,
+            rate=sampled / scenario.partition.num_clients,
+            seed=scenario.seed,
+            min_available_nodes=scenario.min_available_nodes,
+            expected=sampled,
+            fixed_denominator=dp,
+        )
     inner = with_privacy(inner, scenario)
     peft = scenario.model.peft
     ranked = RankedLora(peft.rank_per_client, peft.alpha) if peft.rank_per_client else None

@@ -25,26 +25,32 @@ from fedtune.config import Scenario
 
 
 def accountant(scenario: Scenario) -> RdpAccountant:
-    """Flower's RDP accountant for client-level DP: add/remove one client, no credit taken
-    for client sampling (the noise is calibrated to the sampled clients alone)."""
+    """Flower's RDP accountant for client-level DP (add/remove one client). With
+    `federation.sampling: poisson` it credits the subsampling (each client takes part with
+    probability clients_per_round / num_clients: the Poisson subsampled Gaussian of opacus
+    and dp_accounting); with Flower's fixed-size sampling it takes no credit (the noise is
+    calibrated to the sampled clients alone)."""
+    poisson = scenario.federation.sampling == "poisson"
     return RdpAccountant(
         PrivacyConfig(
             target_delta=scenario.privacy.dp.delta,
             population_size=scenario.partition.num_clients,
             neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            sampling_method=SamplingMethod.POISSON if poisson else SamplingMethod.NO_AMPLIFICATION,
         )
     )
 
 
-class _AccountedAdaptive:
-    """Adds the RDP accountant Flower's adaptive-clipping wrappers lack: one Gaussian release
-    per aggregated round at the configured noise multiplier. Flower splits that noise between
-    the update and the clipped-count estimate so that together they spend what one Gaussian
-    release at the configured multiplier spends (Andrew et al., 2021, Thm. 1)."""
+class _Accounted:
+    """An RDP accountant for the DP wrappers Flower cannot account: its adaptive-clipping
+    ones (none), and its fixed-clipping ones under Poisson sampling (no-amplification only).
+    One Gaussian release per aggregated round at the configured noise multiplier; with
+    adaptive clipping Flower splits that noise between the update and the clipped-count
+    estimate so that together they spend what one release at that multiplier spends
+    (Andrew et al., 2021, Thm. 1)."""
 
     def _account(self, scenario: Scenario) -> None:
-        self.accountant = accountant(scenario)
+        self.privacy_accountant = accountant(scenario)
         self.event = GaussianPrivacyEvent(
             noise_multiplier=scenario.privacy.dp.noise_multiplier,
             sample_size=scenario.clients_per_round,
@@ -56,19 +62,27 @@ class _AccountedAdaptive:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is not None:
-            self.accountant.compose(self.event)
+            self.privacy_accountant.compose(self.event)
         return arrays, metrics
 
     def privacy_spent(self) -> PrivacySpent:
-        return self.accountant.get_privacy_spent()
+        return self.privacy_accountant.get_privacy_spent()
 
 
-class ServerSideAdaptiveClipping(_AccountedAdaptive, DifferentialPrivacyServerSideAdaptiveClipping):
+class ServerSideAdaptiveClipping(_Accounted, DifferentialPrivacyServerSideAdaptiveClipping):
     """Flower's server-side adaptive clipping, accounted."""
 
 
-class ClientSideAdaptiveClipping(_AccountedAdaptive, DifferentialPrivacyClientSideAdaptiveClipping):
+class ClientSideAdaptiveClipping(_Accounted, DifferentialPrivacyClientSideAdaptiveClipping):
     """Flower's client-side adaptive clipping, accounted."""
+
+
+class ServerSideFixedClipping(_Accounted, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping, accounted with Poisson subsampling."""
+
+
+class ClientSideFixedClipping(_Accounted, DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed clipping, accounted with Poisson subsampling."""
 
 
 def with_privacy(strategy: Strategy, scenario: Scenario) -> Strategy:
@@ -76,9 +90,9 @@ def with_privacy(strategy: Strategy, scenario: Scenario) -> Strategy:
     dp = scenario.privacy.dp
     if not dp.enabled:
         return strategy
-    sampled = scenario.clients_per_round
+    sampled, server = scenario.clients_per_round, dp.clipping == "server"
     if dp.adaptive:
-        cls = ServerSideAdaptiveClipping if dp.clipping == "server" else ClientSideAdaptiveClipping
+        cls = ServerSideAdaptiveClipping if server else ClientSideAdaptiveClipping
         wrapped = cls(
             strategy,
             dp.noise_multiplier,
@@ -87,16 +101,24 @@ def with_privacy(strategy: Strategy, scenario: Scenario) -> Strategy:
             target_clipped_quantile=dp.target_clipped_quantile,
             clip_norm_lr=dp.clip_norm_lr,
         )
-        wrapped._account(scenario)
-        return wrapped
-    fixed = (
-        DifferentialPrivacyServerSideFixedClipping
-        if dp.clipping == "server"
-        else DifferentialPrivacyClientSideFixedClipping
-    )
-    return fixed(
-        strategy, dp.noise_multiplier, dp.clipping_norm, sampled, accountant=accountant(scenario)
-    )
+    elif scenario.federation.sampling == "poisson":
+        cls = ServerSideFixedClipping if server else ClientSideFixedClipping
+        wrapped = cls(strategy, dp.noise_multiplier, dp.clipping_norm, sampled)
+    else:  # Flower's own accounted mode
+        cls = (
+            DifferentialPrivacyServerSideFixedClipping
+            if server
+            else DifferentialPrivacyClientSideFixedClipping
+        )
+        return cls(
+            strategy,
+            dp.noise_multiplier,
+            dp.clipping_norm,
+            sampled,
+            accountant=accountant(scenario),
+        )
+    wrapped._account(scenario)
+    return wrapped
 
 
 def privacy_spent(strategy: Strategy) -> dict | None:
