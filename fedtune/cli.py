@@ -70,6 +70,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _port(text: str) -> int:
     """`--port`: a TCP port, 1-65535."""
     try:
@@ -145,6 +156,22 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("scenario", help="scenario YAML file, or a shipped name")
     shards.add_argument("out_dir")
     shards.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    audit = sub.add_parser(
+        "audit",
+        help="attack a finished simulated run: token recovery from a client's update and "
+        "membership inference on the final model (audit.json)",
+    )
+    audit.add_argument("run_dir")
+    audit.add_argument(
+        "--batch-size", type=_positive, help="texts per attacked update (default: the run's)"
+    )
+    audit.add_argument("--batches", type=_positive, default=8, help="updates attacked (default 8)")
+    audit.add_argument(
+        "--max-examples",
+        type=_positive,
+        default=500,
+        help="members and as many non-members for membership inference (default 500)",
+    )
     report = sub.add_parser("report", help="write report.md/report.html (and figures) for a run")
     report.add_argument("run_dir")
     comp = sub.add_parser("compare", help="overlay curves and tabulate several runs")
@@ -471,6 +498,21 @@ def _report_call(call: Callable[[], Path], what: str) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from fedtune.audit import AUDIT_FILE, audit_run
+
+    result = audit_run(Path(args.run_dir), args.batch_size, args.batches, args.max_examples)
+    inv, mem = result["inversion"], result["membership"]
+    epsilon = "no DP" if result["epsilon"] is None else f"epsilon {result['epsilon']:.2f}"
+    print(
+        f"audit of {args.run_dir} ({epsilon}, peft {result['peft']}, codec {result['codec']}): "
+        f"token recovery F1 {inv['f1']:.3f} (precision {inv['precision']:.3f}, recall "
+        f"{inv['recall']:.3f}, batch size {inv['batch_size']}); membership AUC {mem['auc']:.3f}, "
+        f"TPR {mem['tpr_at_1pct_fpr']:.3f} at 1% FPR; {Path(args.run_dir) / AUDIT_FILE}"
+    )
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from fedtune import report
 
@@ -500,6 +542,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "shards": _shards,
     "report": _report,
     "compare": _compare,
+    "audit": _audit,
     "predict": _predict,
     "serve": _serve,
 }
