@@ -530,6 +530,13 @@ class Scenario(Section):
             )
         if dp.enabled and dp.clipping == "client" and self.codec.kind != "none":
             raise ValueError("privacy.dp.clipping 'client' needs codec.kind 'none'")
+        private = dp.enabled or self.privacy.dp_sgd.enabled
+        if private and self.training.class_weights == "federated":
+            raise ValueError(
+                "training.class_weights 'federated' sends each client's label counts without "
+                "DP noise, outside what privacy.dp / dp_sgd account; use 'balanced' (each "
+                "client's own counts)"
+            )
         if self.privacy.dp_sgd.enabled:
             if self.model.peft.method == "none":
                 raise ValueError(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pytest
 import torch
 from conftest import LocalGrid
 

@@ -120,15 +120,18 @@ def test_shipped_scenarios_validate_with_any_number_of_clients(path: Path, clien
 
 def test_shipped_scenarios_keep_their_node_counts() -> None:
     """As shipped, every scenario waits for all its clients and samples all of them (the
-    cross-device one: its fraction); with no failures (none of them injects any) the
+    cross-device ones: their fraction); with no failures (none of them injects any) the
     minimums do not change a result."""
+    cross_device = {"recommendation_cross_device", "dp_cross_device"}
     for path in SHIPPED:
         scenario = load_scenario(path)
-        n, fraction = scenario.partition.num_clients, scenario.federation.fraction_train
+        fed = scenario.federation
+        n, fraction = scenario.partition.num_clients, fed.fraction_train
         assert scenario.min_available_nodes == n, path.stem
         assert scenario.clients_per_round == int(fraction * n), path.stem
-        assert (fraction == 1.0) == (path.stem != "recommendation_cross_device"), path.stem
-        assert (scenario.min_train_nodes, scenario.min_evaluate_nodes) == (2, 2), path.stem
+        assert (fraction == 1.0) == (path.stem not in cross_device), path.stem
+        evaluating = 2 if fed.fraction_evaluate > 0 else 0  # 0: no federated evaluation
+        assert (scenario.min_train_nodes, scenario.min_evaluate_nodes) == (2, evaluating)
 
 
 @pytest.mark.parametrize(

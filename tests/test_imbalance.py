@@ -9,11 +9,15 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, tiny_bert
+from conftest import WORDS, LocalGrid, tiny_bert
+from flwr.app import MessageType
 
+import fedtune.client
 from fedtune.cli import _headline
 from fedtune.config import TrainingConfig
 from fedtune.metrics import majority_baseline
+from fedtune.server import FederatedRun
+from fedtune.statistics import LABEL_COUNTS
 from fedtune.train import class_weights, evaluate, train_steps
 
 LABELS = list(WORDS)
@@ -121,13 +125,6 @@ def test_federated_class_weights_come_from_every_nodes_label_counts(
     """Before round 1 every node answers a label-counts query with counts only (the payload
     audit); the server sums them and every train message carries the sum, which each node's
     loss weighs by."""
-    import fedtune.client
-    from conftest import LocalGrid
-    from flwr.app import MessageType
-
-    from fedtune.server import FederatedRun
-    from fedtune.statistics import LABEL_COUNTS
-
     scenario = make_scenario(
         partition={"kind": "dirichlet", "alpha": 0.5, "num_clients": 2},
         federation={"rounds": 1, "min_available_nodes": 2},
@@ -172,11 +169,6 @@ def test_federated_class_weights_come_from_every_nodes_label_counts(
 def test_a_node_without_label_counts_stops_the_run_naming_it(
     make_scenario, task_identity, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedtune.client
-    from conftest import LocalGrid
-
-    from fedtune.server import FederatedRun
-
     scenario = make_scenario(training={"class_weights": "federated"})
 
     def broken(scenario, node_config, pid, label_names):  # noqa: ANN001, ANN202

@@ -140,6 +140,13 @@ def test_dp_settings_that_cannot_hold_are_rejected(make_scenario) -> None:
         )
     with pytest.raises(ScenarioError, match="privacy.dp_sgd needs model.peft.method"):
         make_scenario(privacy={"dp_sgd": {"enabled": True}})
+    for private in ({"dp": {"enabled": True}}, {"dp_sgd": {"enabled": True}}):
+        with pytest.raises(ScenarioError, match="label counts without DP noise"):
+            make_scenario(
+                model={"peft": {"method": "lora"}},
+                training={"class_weights": "federated"},
+                privacy=private,
+            )
 
 
 # ---- DP-SGD ----
