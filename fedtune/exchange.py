@@ -88,13 +88,45 @@ def client_error(reason: str) -> str:
     return found.group(0)[1:-1] if found else reason.strip().splitlines()[-1]
 
 
-class ObservedGrid(Grid):
+class GridView(Grid):
+    """A Grid that hands every call to the Grid it wraps (`grid`): subclasses change what
+    they need (which nodes are listed, how a send-and-receive is watched)."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def set_run(self, run_id: int) -> None:
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self):  # noqa: ANN201 - flwr's Run
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class ObservedGrid(GridView):
     """A Grid that shows each reply as it arrives (progress) and keeps each finished
     exchange (per-client metrics, bytes) until `take_exchanges`; everything else is the
     wrapped Grid's."""
 
     def __init__(self, grid: Grid, progress: Progress) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.progress = progress
         self.exchanges: list[Exchange] = []
         self.partition_of: dict[int, int] = {}
@@ -117,27 +149,11 @@ class ObservedGrid(Grid):
             if "partition-id" in metrics:
                 self.partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
 
-    def set_run(self, run_id: int) -> None:
-        self.grid.set_run(run_id)
-
-    @property
-    def run(self):  # noqa: ANN201 - flwr's Run
-        return self.grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
-        return self.grid.create_message(*args, **kwargs)
-
     def get_node_ids(self) -> Iterable[int]:
         unknown = len(self.partition_of)  # nodes that did not say: after the others
         return sorted(
             self.grid.get_node_ids(), key=lambda n: (self.partition_of.get(n, unknown), n)
         )
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

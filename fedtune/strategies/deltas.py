@@ -15,6 +15,7 @@ from fedtune.adapters.ranks import RankedLora
 from fedtune.codecs import decode
 from fedtune.config import CodecConfig, ValidationConfig
 from fedtune.model import from_record, to_record
+from fedtune.strategies.wrapper import StrategyWrapper
 
 UNIFORM_WEIGHT = "uniform-weight"
 """The metric every accepted reply gets (1) when clients are weighted equally."""
@@ -37,7 +38,7 @@ def update_norm(update: dict[str, np.ndarray]) -> float:
     return float(np.sqrt(sum(np.square(u, dtype=np.float64).sum() for u in update.values())))
 
 
-class DeltaUpdates(Strategy):
+class DeltaUpdates(StrategyWrapper):
     """Wraps a Flower strategy whose clients reply with `local - global` weight updates.
 
     Before the wrapped strategy sees a train reply, its update is unpacked with `codec`,
@@ -58,7 +59,7 @@ class DeltaUpdates(Strategy):
         uniform_weights: bool = False,
         ranked: RankedLora | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.min_train_nodes = min_train_nodes
         self.uniform_weights = uniform_weights
         self.ranked = ranked
@@ -66,9 +67,6 @@ class DeltaUpdates(Strategy):
         self.validation = validation or ValidationConfig()
         self.rejected: list[dict] = []
         self._global: dict | None = None
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -147,11 +145,6 @@ class DeltaUpdates(Strategy):
         client = _client_id(reply)
         log(WARNING, "client %s: update rejected: %s", client, reason)
         self.rejected.append({"client": client, "reason": reason})
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

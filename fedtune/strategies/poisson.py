@@ -11,39 +11,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from fedtune.exchange import GridView
 from fedtune.model import from_record, to_record
+from fedtune.strategies.wrapper import StrategyWrapper
 
 
-class SampledGrid(Grid):
+class SampledGrid(GridView):
     """A view of `grid` that lists only the round's sampled nodes (the wrapped strategy then
-    sends to all of them); everything else is the wrapped Grid's."""
+    sends to all of them)."""
 
     def __init__(self, grid: Grid, nodes: list[int]) -> None:
-        self.grid, self.nodes = grid, nodes
+        super().__init__(grid)
+        self.nodes = nodes
 
     def get_node_ids(self) -> list[int]:
         return list(self.nodes)
-
-    def set_run(self, run_id: int) -> None:
-        self.grid.set_run(run_id)
-
-    @property
-    def run(self):  # noqa: ANN201 - flwr's Run
-        return self.grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
-        return self.grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 def poisson_sample(nodes: list[int], rate: float, seed: int, server_round: int) -> list[int]:
@@ -53,7 +35,7 @@ def poisson_sample(nodes: list[int], rate: float, seed: int, server_round: int) 
     return [node for node, u in zip(nodes, rng.random(len(nodes)), strict=True) if u < rate]
 
 
-class PoissonSampling(Strategy):
+class PoissonSampling(StrategyWrapper):
     """Wraps a strategy built with `fraction_train=1.0`: each train round it sees only the
     nodes `poisson_sample` draws (at least `min_available_nodes` must be connected first).
 
@@ -71,13 +53,11 @@ class PoissonSampling(Strategy):
         expected: int,
         fixed_denominator: bool = False,
     ) -> None:
-        self.inner, self.rate, self.seed = inner, rate, seed
+        super().__init__(inner)
+        self.rate, self.seed = rate, seed
         self.min_available_nodes, self.expected = min_available_nodes, expected
         self.fixed_denominator = fixed_denominator
         self._global: dict[str, np.ndarray] | None = None
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -99,13 +79,3 @@ class PoissonSampling(Strategy):
         scale = sum(1 for r in replies if r.has_content()) / self.expected
         mean = from_record(arrays)
         return to_record({n: g + scale * (mean[n] - g) for n, g in self._global.items()}), metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)

@@ -1,0 +1,145 @@
+"""Privacy benchmark: cross-device client-level DP that learns (`scenarios/dp_cross_device.yaml`
+at no DP and three noise levels, with epsilon), and what `fedtune audit` recovers from runs with
+full fine-tuning, LoRA, top-k compression and LoRA + DP (token recovery F1 at batch sizes 1
+and 8, membership AUC).
+
+    python bench/privacy.py                 # resumable: recorded commands are not rerun
+    python bench/privacy.py --only dp       # the DP table alone (or: --only audit)
+    python bench/privacy.py --quick         # 2 rounds / 400 tweets: a smoke run
+    python bench/privacy.py --fresh         # rerun every command
+
+Writes bench/privacy[-quick].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from quality import Cache, Invocation, execute, run_dir_for, run_fedtune  # noqa: E402
+
+DP_SCENARIO = "dp_cross_device"
+DP_ROWS: dict[str, dict] = {
+    "no DP": {"privacy.dp.enabled": False},
+    "noise 0.7": {"privacy.dp.noise_multiplier": 0.7},
+    "noise 1.0 (the scenario's)": {},
+    "noise 1.5": {"privacy.dp.noise_multiplier": 1.5},
+}
+LORA = {"model.peft.method": "lora", "model.peft.rank": 8, "model.peft.alpha": 16}
+AUDIT_ROWS: dict[str, tuple[str, dict]] = {
+    "full fine-tuning (quickstart)": ("quickstart", {}),
+    "LoRA r8 (quickstart, lr 2e-3)": ("quickstart", {**LORA, "training.lr": 2e-3}),
+    "top-k 1% + error feedback (quickstart)": (
+        "quickstart",
+        {"codec.kind": "topk", "codec.topk_fraction": 0.01},
+    ),
+    "FFA-LoRA + DP, noise 1.0 (dp_cross_device)": (DP_SCENARIO, {}),
+}
+AUDIT_BATCH_SIZES = (1, 8)
+QUICK = {
+    DP_SCENARIO: {"federation.rounds": 2},
+    "quickstart": {"data.max_samples": 400, "federation.rounds": 1},
+}
+
+
+def run(scenario: str, overrides: dict, quick: bool, cache: Cache, work: Path) -> dict:
+    """The run's record (cached), with the privacy its summary reports."""
+    inv = Invocation.make("run", scenario, {**(QUICK[scenario] if quick else {}), **overrides})
+    record = execute(inv, quick, cache, work, run_fedtune)
+    out = run_dir_for(work, inv, quick)
+    if "error" not in record and "privacy" not in record:
+        summary = json.loads((out / "summary.json").read_text())
+        record["privacy"] = summary.get("privacy") or {}
+        cache.put(inv.key(quick), record)
+    return {**record, "out": out}
+
+
+def audited(record: dict, batch_size: int, quick: bool, cache: Cache) -> dict:
+    """`fedtune audit` of the run at `batch_size` (cached)."""
+    key = f"fedtune audit {record['command']} --batch-size {batch_size}" + (
+        " [quick]" if quick else ""
+    )
+    if not cache.usable(key):
+        args = ["audit", str(record["out"]), "--batch-size", str(batch_size)]
+        print(f"$ fedtune {' '.join(args)}", flush=True)
+        run_fedtune(args)
+        cache.put(key, json.loads((record["out"] / "audit.json").read_text()))
+    return cache.get(key)
+
+
+def cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def dp_table(quick: bool, cache: Cache, work: Path) -> list[str]:
+    lines = [
+        "## Cross-device DP (`scenarios/dp_cross_device.yaml`)",
+        "",
+        "| run | epsilon (delta 1e-5) | accuracy | macro-F1 | command |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, overrides in DP_ROWS.items():
+        record = run(DP_SCENARIO, overrides, quick, cache, work)
+        if "error" in record:
+            lines.append(f"| {name} | {record['error']} | | | `{record['command']}` |")
+            continue
+        final, epsilon = record["final"], record["privacy"].get("epsilon")
+        lines.append(
+            f"| {name} | {cell(epsilon)} | {cell(final['accuracy'])} | "
+            f"{cell(final['macro_f1'])} | `{record['command']}` |"
+        )
+    majority = record.get("majority", {})
+    lines += ["", f"Majority class: {majority.get('label')} ({cell(majority.get('share'))})."]
+    return lines
+
+
+def audit_table(quick: bool, cache: Cache, work: Path) -> list[str]:
+    sizes = " | ".join(f"recovery F1, batch {b}" for b in AUDIT_BATCH_SIZES)
+    lines = [
+        "## `fedtune audit`",
+        "",
+        f"| run | epsilon | {sizes} | membership AUC | TPR at 1% FPR | command |",
+        "| --- | --- |" + " --- |" * len(AUDIT_BATCH_SIZES) + " --- | --- | --- |",
+    ]
+    for name, (scenario, overrides) in AUDIT_ROWS.items():
+        record = run(scenario, overrides, quick, cache, work)
+        if "error" in record:
+            lines.append(f"| {name} | {record['error']} |")
+            continue
+        audits = [audited(record, b, quick, cache) for b in AUDIT_BATCH_SIZES]
+        member = audits[0]["membership"]
+        f1s = " | ".join(cell(a["inversion"]["f1"]) for a in audits)
+        lines.append(
+            f"| {name} | {cell(audits[0]['epsilon'])} | {f1s} | {cell(member['auc'])} | "
+            f"{cell(member['tpr_at_1pct_fpr'])} | `{record['command']}` |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run on small data")
+    parser.add_argument("--fresh", action="store_true", help="rerun recorded commands")
+    parser.add_argument("--only", choices=("dp", "audit"), help="one table")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    stem = "privacy-quick" if args.quick else "privacy"
+    cache = Cache(HERE / f"{stem}.json", fresh=args.fresh)
+    work = HERE.parent / "runs" / stem
+    lines = [f"# Privacy benchmark (`bench/privacy.py`), {'quick' if args.quick else 'full'}", ""]
+    if args.only in (None, "dp"):
+        lines += [*dp_table(args.quick, cache, work), ""]
+    if args.only in (None, "audit"):
+        lines += [*audit_table(args.quick, cache, work), ""]
+    (HERE / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
