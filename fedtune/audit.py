@@ -36,6 +36,9 @@ AUDIT_FILE = "audit.json"
 
 Arrays = dict[str, np.ndarray]
 
+ROC_POINTS = 101
+"""Points of the membership attack's ROC curve kept in audit.json (for its figure)."""
+
 STAND_OUT_MEDIAN, STAND_OUT_MAX = 10.0, 0.1
 """A word-embedding row is recovered when its update norm exceeds both 10x the median row's
 and 10% of the largest row's."""
@@ -159,11 +162,13 @@ def membership_scores(member_losses: np.ndarray, other_losses: np.ndarray) -> di
     y = np.r_[np.ones(len(member_losses)), np.zeros(len(other_losses))]
     score = -np.r_[member_losses, other_losses]
     fpr, tpr, _ = roc_curve(y, score)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).astype(int))
     return {
         "auc": float(roc_auc_score(y, score)),
         "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()),
         "members": len(member_losses),
         "non_members": len(other_losses),
+        "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()},
     }
 
 

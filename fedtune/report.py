@@ -35,7 +35,9 @@ def read_run(run_dir: Path) -> dict:
         raise RunDirError(f"{run_dir}: no such directory")
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: a file, not a run directory")
-    optional = [name for name in ("partition", "scenario") if (run_dir / f"{name}.json").exists()]
+    optional = [
+        name for name in ("partition", "scenario", "audit") if (run_dir / f"{name}.json").exists()
+    ]
     run: dict = {"dir": run_dir}
     for key, file in (
         ("summary", "summary.json"),
@@ -150,6 +152,21 @@ def plot_series(run: dict, keys: tuple[str, ...], ylabel: str, path: Path) -> Pa
     return _save(fig, path)
 
 
+def plot_membership_roc(run: dict, path: Path) -> Path | None:
+    """`fedtune audit`'s membership attack: its ROC curve against chance (None: no audit)."""
+    if "audit" not in run:
+        return None
+    member = run["audit"]["membership"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(
+        member["roc"]["fpr"], member["roc"]["tpr"], label=f"loss attack (AUC {member['auc']:.3f})"
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="membership inference")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
 def plot_local(run: dict, path: Path) -> Path:
     """A local-only run: each client's accuracy on its own validation split and on the
     server's test split, trained alone."""
@@ -184,6 +201,7 @@ def make_figures(run_dir: Path) -> list[Path]:
         plot_series(
             run, ("epsilon", "dp_sgd_epsilon"), "privacy spent (epsilon)", out / "epsilon.png"
         ),
+        plot_membership_roc(run, out / "membership_roc.png"),
     ]
     return [p for p in made if p is not None]
 
@@ -310,6 +328,8 @@ def write_report(run_dir: Path) -> Path:
                 ],
             ),
         ]
+    if "audit" in run:
+        parts += _audit_section(run["audit"])
     if "scenario" in run:
         parts += [
             "## Scenario",
@@ -319,6 +339,38 @@ def write_report(run_dir: Path) -> Path:
     write_atomic(run_dir / "report.md", text)
     write_atomic(run_dir / "report.html", _html(text, run_dir, f"fedtune {summary['scenario']}"))
     return run_dir / "report.md"
+
+
+def _audit_section(audit: dict) -> list[str]:
+    """`fedtune audit`'s results beside the run's epsilon, PEFT method and codec."""
+    inv, member = audit["inversion"], audit["membership"]
+    return [
+        "## Privacy audit (`fedtune audit`)",
+        _markdown_table(
+            [
+                "epsilon",
+                "PEFT",
+                "codec",
+                "batch size",
+                "token recovery P / R / F1",
+                "membership AUC",
+                "TPR at 1% FPR",
+            ],
+            [
+                [
+                    "-" if audit["epsilon"] is None else audit["epsilon"],
+                    audit["peft"],
+                    audit["codec"],
+                    inv["batch_size"],
+                    f"{inv['precision']:.3f} / {inv['recall']:.3f} / {inv['f1']:.3f}",
+                    member["auc"],
+                    member["tpr_at_1pct_fpr"],
+                ]
+            ],
+        ),
+        f"Inversion: {inv['attack']}, {inv['batches']} updates, {inv['view']}. Membership: "
+        f"{member['members']} members against {member['non_members']} held-out texts.",
+    ]
 
 
 def _local_tables(summary: dict) -> list[str]:

@@ -106,7 +106,15 @@ def test_fedtune_audit_writes_audit_json(
     assert line.startswith(f"audit of {run_dir} (no DP, peft none, codec none): token recovery")
     result = json.loads((run_dir / AUDIT_FILE).read_text())
     assert result["inversion"]["batch_size"] == 1 and result["inversion"]["f1"] >= 0.9
-    assert 0.0 <= result["membership"]["auc"] <= 1.0 and result["membership"]["members"] > 0
+    member = result["membership"]
+    assert 0.0 <= member["auc"] <= 1.0 and member["members"] > 0
+    roc = member["roc"]
+    assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0 and len(roc["fpr"]) <= 101
+    assert main(["report", str(run_dir)]) == 0  # the report shows it, with its ROC figure
+    report = (run_dir / "report.md").read_text()
+    assert "## Privacy audit (`fedtune audit`)" in report
+    assert "figures/membership_roc.png" in report
+    assert (run_dir / "figures" / "membership_roc.png").stat().st_size > 0
 
 
 def test_audit_refuses_what_it_cannot_attack(
