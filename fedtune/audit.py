@@ -5,8 +5,9 @@ its ε, PEFT method and codec. Two attacks, run only against the simulated clien
   replayed from the run's initial global model (one local step of the run's training, the
   run's codec, and under `privacy.dp` its clipping and the noise of the release); the word
   embedding rows that stand out in it are the recovered tokens (the bag of words an
-  embedding update leaks: Melis et al., 2019; the first step of TAG and LAMP), scored
-  against the batch's true tokens;
+  embedding update leaks: Melis et al., 2019; the first step of TAG and LAMP), put in text
+  order by matching the position-embedding rows to them, and scored against the batch's
+  true tokens (precision, recall, F1 of the set; ROUGE-L of the sequence);
 - **membership inference**: each text's loss under the final global model (Yeom et al.,
   2018), members (clients' training texts) against non-members (the held-out test split).
 """
@@ -64,20 +65,64 @@ def token_scores(recovered: set[int], truth: set[int]) -> TokenScores:
     return TokenScores(precision, recall, f1)
 
 
-def embedding_key(update: Arrays) -> str | None:
-    """The word-embedding matrix's name in an update (None: it did not train, as with PEFT)."""
-    return next((name for name in update if name.endswith("word_embeddings.weight")), None)
+def embedding_key(update: Arrays, suffix: str = "word_embeddings.weight") -> str | None:
+    """The name of an embedding matrix in an update (None: it did not train, as with PEFT)."""
+    return next((name for name in update if name.endswith(suffix)), None)
+
+
+def stand_out(rows: np.ndarray) -> np.ndarray:
+    """The indices, ascending, of the rows whose norm stands out (`STAND_OUT_*`)."""
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+    limit = max(STAND_OUT_MEDIAN * float(np.median(norms)), STAND_OUT_MAX * float(norms.max()))
+    return np.flatnonzero(norms > limit)
 
 
 def recovered_tokens(update: Arrays, ignore: Iterable[int] = ()) -> set[int]:
-    """The token ids whose word-embedding rows stand out in `update` (`STAND_OUT_*`); none
-    when the update holds no word embeddings."""
+    """The token ids whose word-embedding rows stand out in `update`; none when the update
+    holds no word embeddings."""
     key = embedding_key(update)
     if key is None:
         return set()
-    norms = np.linalg.norm(update[key].astype(np.float64), axis=1)
-    limit = max(STAND_OUT_MEDIAN * float(np.median(norms)), STAND_OUT_MAX * float(norms.max()))
-    return {int(i) for i in np.flatnonzero(norms > limit)} - set(ignore)
+    return {int(i) for i in stand_out(update[key])} - set(ignore)
+
+
+def recovered_sequence(update: Arrays, ignore: Iterable[int] = ()) -> list[int]:
+    """The recovered tokens in text order: each position-embedding row that stands out, in
+    position order, matched to the standing-out word row it most resembles (cosine). At batch
+    size 1 the word row of the token at position p receives exactly position p's gradient
+    (their sum feeds the same LayerNorm input), so the match is exact; larger batches sum
+    several texts per position. Empty without both embeddings in the update."""
+    word_key, position_key = (
+        embedding_key(update),
+        embedding_key(update, "position_embeddings.weight"),
+    )
+    if word_key is None or position_key is None:
+        return []
+    words, positions = stand_out(update[word_key]), stand_out(update[position_key])
+    if not len(words) or not len(positions):
+        return []
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        rows = rows.astype(np.float64)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    similarity = unit(update[position_key][positions]) @ unit(update[word_key][words]).T
+    skipped = set(ignore)
+    return [int(t) for t in words[similarity.argmax(axis=1)] if int(t) not in skipped]
+
+
+def rouge_l(recovered: list[int], truth: list[int]) -> float:
+    """ROUGE-L F-measure of a recovered token sequence against the true one (Google's
+    `rouge-score` on token ids)."""
+    from rouge_score import rouge_scorer
+
+    class _Ids:
+        def tokenize(self, text: str) -> list[str]:
+            return text.split()
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Ids())
+    joined = " ".join(map(str, truth)), " ".join(map(str, recovered))
+    return float(scorer.score(*joined)["rougeL"].fmeasure)
 
 
 def observed_update(
@@ -118,17 +163,18 @@ def inversion_audit(
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     special = set(tokenizer.all_special_ids)
     rng = np.random.default_rng(scenario.seed)
-    scores = []
+    scores, rouges = [], []
     for i in range(batches):
         train, _ = client_splits(
             fed, i % scenario.partition.num_clients, scenario.data.val_size, scenario.seed
         )
         texts = train.select(range(min(batch_size, len(train))))
         tokens = tokenize(texts, tokenizer, scenario.model.max_length, scenario.data.tabular)
-        truth = {int(t) for ids in tokens["input_ids"] for t in ids} - special
+        sequence = [int(t) for ids in tokens["input_ids"] for t in ids if int(t) not in special]
         model.load_state_dict(initial)
         update = observed_update(scenario, model, make_loader(tokens, tokenizer, batch_size), rng)
-        scores.append(token_scores(recovered_tokens(update, special), truth))
+        scores.append(token_scores(recovered_tokens(update, special), set(sequence)))
+        rouges.append(rouge_l(recovered_sequence(update, special), sequence))
     return {
         "attack": "word-embedding rows of one client's update (bag of words)",
         "batch_size": batch_size,
@@ -140,6 +186,7 @@ def inversion_audit(
             k: float(np.mean([getattr(s, k) for s in scores]))
             for k in ("precision", "recall", "f1")
         },
+        "rouge_l": float(np.mean(rouges)),
     }
 
 

@@ -507,7 +507,8 @@ def _audit(args: argparse.Namespace) -> int:
     print(
         f"audit of {args.run_dir} ({epsilon}, peft {result['peft']}, codec {result['codec']}): "
         f"token recovery F1 {inv['f1']:.3f} (precision {inv['precision']:.3f}, recall "
-        f"{inv['recall']:.3f}, batch size {inv['batch_size']}); membership AUC {mem['auc']:.3f}, "
+        f"{inv['recall']:.3f}, ROUGE-L {inv['rouge_l']:.3f}, batch size {inv['batch_size']}); "
+        f"membership AUC {mem['auc']:.3f}, "
         f"TPR {mem['tpr_at_1pct_fpr']:.3f} at 1% FPR; {Path(args.run_dir) / AUDIT_FILE}"
     )
     return 0

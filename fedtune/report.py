@@ -353,6 +353,7 @@ def _audit_section(audit: dict) -> list[str]:
                 "codec",
                 "batch size",
                 "token recovery P / R / F1",
+                "ROUGE-L",
                 "membership AUC",
                 "TPR at 1% FPR",
             ],
@@ -363,6 +364,7 @@ def _audit_section(audit: dict) -> list[str]:
                     audit["codec"],
                     inv["batch_size"],
                     f"{inv['precision']:.3f} / {inv['recall']:.3f} / {inv['f1']:.3f}",
+                    inv["rouge_l"],
                     member["auc"],
                     member["tpr_at_1pct_fpr"],
                 ]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pytest
 import torch
 from conftest import LocalGrid
 
@@ -18,6 +19,7 @@ from fedtune.audit import (
     inversion_audit,
     membership_scores,
     recovered_tokens,
+    rouge_l,
     token_scores,
 )
 from fedtune.cli import main
@@ -31,6 +33,9 @@ from fedtune.train import train_steps
 def test_token_scores() -> None:
     assert token_scores({1, 2, 3, 4}, {3, 4, 5, 6}) == TokenScores(0.5, 0.5, 0.5)
     assert token_scores(set(), {1}).f1 == 0.0
+    assert rouge_l([5, 6, 7], [5, 6, 7]) == 1.0
+    assert rouge_l([7, 6, 5], [5, 6, 7]) == pytest.approx(1 / 3)  # one in order: LCS 1 of 3
+    assert rouge_l([], [5]) == 0.0
 
 
 def test_full_fine_tuning_leaks_the_batch_and_pure_noise_does_not(make_scenario) -> None:
@@ -42,6 +47,8 @@ def test_full_fine_tuning_leaks_the_batch_and_pure_noise_does_not(make_scenario)
         found = inversion_audit(scenario, labels, batch_size=batch_size, batches=3)
         assert found["embeddings_in_update"] and found["view"] == "as received"
         assert found["f1"] >= 0.9, (batch_size, found)
+        if batch_size == 1:  # the position rows put the text back in order
+            assert found["rouge_l"] >= 0.9, found
     vocab = load_tokenizer(scenario.model.name).vocab_size
     noise = {
         "bert.embeddings.word_embeddings.weight": np.random.default_rng(0).normal(size=(vocab, 32))
@@ -54,12 +61,13 @@ def test_lora_and_dp_updates_leak_no_tokens_to_this_attack(make_scenario) -> Non
     lora = make_scenario(model={"peft": {"method": "lora", "rank": 4}})
     labels = federated_data(lora).label_names
     found = inversion_audit(lora, labels, batch_size=1, batches=2)
-    assert not found["embeddings_in_update"] and found["f1"] == 0.0
+    assert not found["embeddings_in_update"] and found["f1"] == found["rouge_l"] == 0.0
     dp = make_scenario(
         privacy={"dp": {"enabled": True, "noise_multiplier": 1.0, "clipping_norm": 1.0}}
     )
     found = inversion_audit(dp, labels, batch_size=1, batches=3)
     assert found["view"] == "released: clipped and noised" and found["f1"] <= 0.1
+    assert found["rouge_l"] <= 0.1
 
 
 def _losses(model, tokenizer, ds: datasets.Dataset) -> np.ndarray:
