@@ -31,6 +31,7 @@ from fedtune.config import Scenario, load_scenario
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
 from fedtune.errors import FedtuneError
 from fedtune.model import load_model, load_tokenizer, shared_weights
+from fedtune.strategies.deltas import update_norm
 from fedtune.train import pick_device, train_steps
 
 AUDIT_FILE = "audit.json"
@@ -142,8 +143,7 @@ def observed_update(
     dp = scenario.privacy.dp
     if not dp.enabled:
         return update
-    norm = float(np.sqrt(sum(np.square(u, dtype=np.float64).sum() for u in update.values())))
-    scale = min(1.0, dp.clipping_norm / max(norm, 1e-12))
+    scale = min(1.0, dp.clipping_norm / max(update_norm(update), 1e-12))
     std = dp.noise_multiplier * dp.clipping_norm
     return {
         n: u * scale + rng.normal(0.0, std, u.shape).astype(np.float32) for n, u in update.items()
