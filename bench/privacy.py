@@ -101,12 +101,13 @@ def dp_table(quick: bool, cache: Cache, work: Path, rows: int) -> list[str]:
 
 
 def audit_table(quick: bool, cache: Cache, work: Path) -> list[str]:
-    sizes = " | ".join(f"recovery F1, batch {b}" for b in AUDIT_BATCH_SIZES)
+    sizes = " | ".join(f"F1 / ROUGE-L, batch {b}" for b in AUDIT_BATCH_SIZES)
     lines = [
-        "## `fedtune audit`",
+        "## `fedtune audit` (token recovery F1 / ROUGE-L; membership inference)",
         "",
-        f"| run | epsilon | {sizes} | membership AUC | TPR at 1% FPR | command |",
-        "| --- | --- |" + " --- |" * len(AUDIT_BATCH_SIZES) + " --- | --- | --- |",
+        f"| run | epsilon | accuracy / macro-F1 | {sizes} | membership AUC | TPR at 1% FPR |"
+        " command |",
+        "| --- | --- | --- |" + " --- |" * len(AUDIT_BATCH_SIZES) + " --- | --- | --- |",
     ]
     for name, (scenario, overrides) in AUDIT_ROWS.items():
         record = run(scenario, overrides, quick, cache, work)
@@ -115,9 +116,13 @@ def audit_table(quick: bool, cache: Cache, work: Path) -> list[str]:
             continue
         audits = [audited(record, b, quick, cache) for b in AUDIT_BATCH_SIZES]
         member = audits[0]["membership"]
-        f1s = " | ".join(cell(a["inversion"]["f1"]) for a in audits)
+        recovery = " | ".join(
+            f"{cell(a['inversion']['f1'])} / {cell(a['inversion']['rouge_l'])}" for a in audits
+        )
+        final = record["final"]
         lines.append(
-            f"| {name} | {cell(audits[0]['epsilon'])} | {f1s} | {cell(member['auc'])} | "
+            f"| {name} | {cell(audits[0]['epsilon'])} | {cell(final['accuracy'])} / "
+            f"{cell(final['macro_f1'])} | {recovery} | {cell(member['auc'])} | "
             f"{cell(member['tpr_at_1pct_fpr'])} | `{record['command']}` |"
         )
     return lines
