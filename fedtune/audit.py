@@ -284,5 +284,8 @@ def audit_run(
             scenario, predictor.model, predictor.tokenizer, max_examples
         ),
     }
-    write_json(run_dir / AUDIT_FILE, result)
+    try:
+        write_json(run_dir / AUDIT_FILE, result)
+    except OSError as exc:
+        raise AuditError(f"{run_dir / AUDIT_FILE}: cannot write: {exc.strerror or exc}") from None
     return result

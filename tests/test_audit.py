@@ -145,3 +145,21 @@ def test_audit_refuses_what_it_cannot_attack(
     err = capsys.readouterr().err.strip()
     assert "a deployed run (data.eval_source): the clients' data is on their nodes" in err
     assert len(err.splitlines()) == 1 and not (run_dir / AUDIT_FILE).exists()
+
+
+def test_an_audit_it_cannot_write_is_one_line(
+    make_scenario, task_identity, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedtune.audit
+
+    scenario = make_scenario(federation={"rounds": 1}, output={"tensorboard": False})
+    run_dir = Path(scenario.output.dir)
+    run_server(LocalGrid(scenario), scenario, run_dir, quiet=True)
+
+    def full_disk(path, data):  # noqa: ANN001, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fedtune.audit, "write_json", full_disk)
+    assert main(["audit", str(run_dir), "--batches", "1", "--max-examples", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fedtune: error: {run_dir / AUDIT_FILE}: cannot write: No space left on device"
