@@ -40,13 +40,8 @@ from transformers import (
 from fedtune.client import build_client_app
 from fedtune.config import load_scenario
 from fedtune.data import client_splits, federated_data, tokenize
-from fedtune.model import (
-    load_model,
-    load_tokenizer,
-    resolve_model_source,
-    to_record,
-    trainable_weights,
-)
+from fedtune.model import load_model, load_tokenizer, resolve_model_source, trainable_weights
+from fedtune.records import to_record
 
 HERE = Path(__file__).resolve().parent
 

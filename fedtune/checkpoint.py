@@ -90,7 +90,7 @@ def restore_strategy(strategy: Strategy, arrays: dict[str, np.ndarray], meta: di
         elif "arrays" in entry:
             setattr(owner, name, {k: arrays[f"{path}/{k}"] for k in entry["arrays"]})
         elif "record" in entry:
-            from fedtune.model import to_record
+            from fedtune.records import to_record
 
             setattr(owner, name, to_record({k: arrays[f"{path}/{k}"] for k in entry["record"]}))
         else:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -180,11 +179,3 @@ def load_weights(model: PreTrainedModel, weights: dict[str, np.ndarray]) -> None
     with torch.no_grad():
         for name, array in weights.items():
             params[name].copy_(torch.from_numpy(np.asarray(array)))
-
-
-def to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in weights.items()})
-
-
-def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: array.numpy() for name, array in record.items()}

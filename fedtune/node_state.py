@@ -73,7 +73,7 @@ def restore_state(state: RecordDict, directory: Path | None, server_round: int) 
         for joined in json.loads(metadata.get("arrays", "[]")):
             key, _, name = joined.partition("\n")
             grouped.setdefault(key, {})[name] = stored.get_tensor(joined)
-    from fedtune.model import to_record
+    from fedtune.records import to_record
 
     for key, arrays in grouped.items():
         state[key] = to_record(arrays) if arrays else ArrayRecord()

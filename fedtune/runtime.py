@@ -24,7 +24,7 @@ from flwr.common.logger import console_handler
 from flwr.simulation import run_simulation
 
 from fedtune.checkpoint import load_checkpoint
-from fedtune.client import build_client_app, run_seed
+from fedtune.client import build_client_app
 from fedtune.config import Scenario, ScenarioError
 from fedtune.data import (
     FederatedData,
@@ -37,6 +37,7 @@ from fedtune.data import (
 )
 from fedtune.errors import FedtuneError
 from fedtune.model import check_model, load_weights, trainable_weights
+from fedtune.node import run_seed
 from fedtune.process import PARENT, START_TIME, STATE, stat_fields
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.run_dir import check_output_dir

@@ -20,14 +20,8 @@ from fedtune.checkpoint import load_checkpoint, save_checkpoint
 from fedtune.config import Scenario, scenario_from_run_config
 from fedtune.data import federated_data, label_table, make_loader, server_eval_data, tokenize
 from fedtune.exchange import Exchange, ObservedGrid, TrainOutcome
-from fedtune.model import (
-    from_record,
-    load_model,
-    load_tokenizer,
-    load_weights,
-    shared_weights,
-    to_record,
-)
+from fedtune.model import load_model, load_tokenizer, load_weights, shared_weights
+from fedtune.records import from_record, to_record
 from fedtune.reporting import Progress, RunRecorder, default_run_dir
 from fedtune.secagg import SecureAggregation
 from fedtune.statistics import LABEL_COUNTS, federation_label_counts

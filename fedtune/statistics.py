@@ -55,9 +55,7 @@ def federation_label_counts(
     return totals.tolist()
 
 
-def label_counts_reply(msg: Message, labels: Sequence[int], num_labels: int) -> Message:
+def label_counts_content(labels: Sequence[int], num_labels: int) -> RecordDict:
     """The reply to a label-counts query: this node's examples per label, nothing else."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_labels)
-    return Message(
-        RecordDict({"metrics": MetricRecord({LABEL_COUNTS: counts.tolist()})}), reply_to=msg
-    )
+    return RecordDict({"metrics": MetricRecord({LABEL_COUNTS: counts.tolist()})})

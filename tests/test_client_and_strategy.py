@@ -12,7 +12,8 @@ from flwr.serverapp.strategy import FedAvg
 from fedtune.client import build_client_app
 from fedtune.config import TrainingConfig
 from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
-from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
+from fedtune.model import load_model, load_tokenizer, trainable_weights
+from fedtune.records import from_record, to_record
 from fedtune.strategies.deltas import DeltaUpdates
 from fedtune.strategies.factory import aggregate_client_metrics
 from fedtune.strategies.scaffold import CLIENT_CONTROL, CONTROL_DELTA, SERVER_CONTROL

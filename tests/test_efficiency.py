@@ -12,18 +12,13 @@ from conftest import fedtune, node_context, write_scenario
 from flwr.app import ConfigRecord, Message, RecordDict
 from transformers import AutoModelForSequenceClassification
 
-from fedtune.client import RESIDUAL, _loaded_model, build_client_app
+from fedtune.client import build_client_app
 from fedtune.codecs import decode, encode, encode_with_feedback
 from fedtune.config import CodecConfig, ScenarioError
 from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
-from fedtune.model import (
-    export_model,
-    from_record,
-    load_model,
-    load_tokenizer,
-    to_record,
-    trainable_weights,
-)
+from fedtune.model import export_model, load_model, load_tokenizer, trainable_weights
+from fedtune.node import RESIDUAL, _loaded_model
+from fedtune.records import from_record, to_record
 from fedtune.strategies.factory import build_strategy
 
 RNG = np.random.default_rng(0)

@@ -10,9 +10,9 @@ import pytest
 from conftest import LocalGrid
 from flwr.app import MessageType
 
-import fedtune.client
-from fedtune.client import PERSONAL
-from fedtune.model import from_record
+import fedtune.node
+from fedtune.node import PERSONAL
+from fedtune.records import from_record
 from fedtune.server import FederatedRun
 
 B = ".lora_B."
@@ -23,7 +23,7 @@ def test_b_never_leaves_a_node_and_each_node_evaluates_its_own(
 ) -> None:
     scenario = make_scenario(model={"peft": {"method": "fedsa_lora", "rank": 4}})
     evaluated_b: list[dict[str, np.ndarray]] = []
-    real_evaluate = fedtune.client.evaluate
+    real_evaluate = fedtune.node.evaluate
 
     def spy(model, loader, device):  # noqa: ANN001, ANN202
         evaluated_b.append(
@@ -31,7 +31,7 @@ def test_b_never_leaves_a_node_and_each_node_evaluates_its_own(
         )
         return real_evaluate(model, loader, device)
 
-    monkeypatch.setattr(fedtune.client, "evaluate", spy)
+    monkeypatch.setattr(fedtune.node, "evaluate", spy)
     grid = LocalGrid(scenario)
     run = FederatedRun(grid, scenario, tmp_path / "run", quiet=True, resume=False)
     assert run.run()["rounds_aggregated"] == 2

@@ -12,10 +12,11 @@ import torch
 from conftest import LocalGrid
 from flwr.app import MessageType
 
-from fedtune.client import _loaded_model
 from fedtune.codecs import encode
 from fedtune.data import build_federated_data
-from fedtune.model import load_model, to_record, trainable_weights
+from fedtune.model import load_model, trainable_weights
+from fedtune.node import _loaded_model
+from fedtune.records import to_record
 from fedtune.server import FederatedRun
 
 HEAD = ".classifier.modules_to_save."

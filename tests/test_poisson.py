@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
-from fedtune.model import from_record, to_record
+from fedtune.records import from_record, to_record
 from fedtune.server import run_server
 from fedtune.strategies.poisson import PoissonSampling, poisson_sample
 

@@ -19,14 +19,8 @@ from fedtune.client import build_client_app
 from fedtune.config import AttackConfig, ScenarioError, ValidationConfig
 from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
 from fedtune.metrics import fairness_metrics
-from fedtune.model import (
-    from_record,
-    load_model,
-    load_tokenizer,
-    load_weights,
-    to_record,
-    trainable_weights,
-)
+from fedtune.model import load_model, load_tokenizer, load_weights, trainable_weights
+from fedtune.records import from_record, to_record
 from fedtune.strategies.deltas import DeltaUpdates, update_norm
 from fedtune.strategies.factory import build_strategy
 from fedtune.strategies.privacy import privacy_spent

@@ -13,7 +13,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from fedtune.adapters.ranks import BASE, RankedLora, factor_names
 from fedtune.config import ScenarioError
-from fedtune.model import from_record, to_record
+from fedtune.records import from_record, to_record
 from fedtune.server import FederatedRun
 from fedtune.strategies.deltas import DeltaUpdates
 

@@ -27,8 +27,9 @@ from test_checkpoint import interrupted_and_clean_runs
 from fedtune.checkpoint import load_checkpoint
 from fedtune.config import ScenarioError, ValidationConfig
 from fedtune.data import build_federated_data, make_loader, tokenize
-from fedtune.model import from_record, load_model, load_tokenizer
+from fedtune.model import load_model, load_tokenizer
 from fedtune.node_state import PREFIX
+from fedtune.records import from_record
 from fedtune.server import run_server
 from fedtune.strategies import scaffold
 from fedtune.strategies.deltas import DeltaUpdates

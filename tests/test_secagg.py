@@ -18,8 +18,9 @@ from fedtune.checkpoint import load_checkpoint
 from fedtune.client import ClientError, build_client_app
 from fedtune.config import ScenarioError
 from fedtune.data import build_federated_data
-from fedtune.model import from_record, load_model, to_record, trainable_weights
-from fedtune.secagg import SECAGG_RECORD
+from fedtune.exchange import SECAGG_RECORD
+from fedtune.model import load_model, trainable_weights
+from fedtune.records import from_record, to_record
 from fedtune.server import run_server
 
 SECAGG = {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}

@@ -16,7 +16,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from fedtune.client import build_client_app
 from fedtune.config import ScenarioError
 from fedtune.data import build_federated_data
-from fedtune.model import from_record, load_model, to_record, trainable_weights
+from fedtune.model import load_model, trainable_weights
+from fedtune.records import from_record, to_record
 from fedtune.strategies import STRATEGIES
 from fedtune.train import proximal_term
 

@@ -22,7 +22,8 @@ from fedtune.cli import main
 from fedtune.client import build_client_app
 from fedtune.data import build_federated_data, load_node_file, tokenize
 from fedtune.errors import DataError
-from fedtune.model import from_record, load_model, load_tokenizer, to_record, trainable_weights
+from fedtune.model import load_model, load_tokenizer, trainable_weights
+from fedtune.records import from_record, to_record
 from fedtune.report import write_report
 from fedtune.serving import Predictor, create_app
 

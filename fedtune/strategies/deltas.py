@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedtune.adapters.ranks import RankedLora
 from fedtune.codecs import decode
 from fedtune.config import CodecConfig, ValidationConfig
-from fedtune.model import from_record, to_record
+from fedtune.records import from_record, to_record
 from fedtune.strategies.wrapper import StrategyWrapper
 
 UNIFORM_WEIGHT = "uniform-weight"

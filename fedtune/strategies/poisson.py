@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedtune.exchange import GridView
-from fedtune.model import from_record, to_record
+from fedtune.records import from_record, to_record
 from fedtune.strategies.wrapper import StrategyWrapper
 
 
