@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--insecure", action="store_true", help="no TLS and no SuperNode authentication"
             )
+            cmd.add_argument(
+                "--worker",
+                action="store_true",
+                help="a warm `fedtune worker` next to each SuperNode (model and shard kept "
+                "loaded between messages)",
+            )
         if name == "run":
             cmd.add_argument("--verbose", action="store_true", help="Flower and Ray logs too")
             cmd.add_argument(
@@ -134,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
                 help="continue an interrupted run from its last complete round "
                 "(its scenario.json; --set still applies)",
             )
+    work = sub.add_parser(
+        "worker",
+        help="serve a SuperNode's messages from a warm process (its --node-config names "
+        "worker-socket=PATH)",
+    )
+    work.add_argument("--socket", required=True, help="the unix socket to listen on (mode 0600)")
     certs = sub.add_parser(
         "certs", help="create a CA, the SuperLink's TLS certificate and SuperNode key pairs"
     )
@@ -414,11 +426,19 @@ def _deploy(args: argparse.Namespace) -> int:
     from fedtune import deploy
 
     try:
-        summary = deploy.deploy(scenario, args.insecure, args.quiet)
+        summary = deploy.deploy(scenario, args.insecure, args.quiet, worker=args.worker)
     except KeyboardInterrupt as exc:
         print("fedtune: interrupted; the processes it started were stopped", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     return _finished(summary)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from fedtune import worker
+
+    path = Path(args.socket).absolute()
+    worker.serve(path, lambda: print(f"fedtune worker: listening on {path}", flush=True))
+    return 0
 
 
 # ------------------------------------------------------------------ files for deployments
@@ -539,6 +559,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "centralized": _centralized,
     "local": _local,
     "deploy": _deploy,
+    "worker": _worker,
     "certs": _certs,
     "shards": _shards,
     "report": _report,

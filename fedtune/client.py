@@ -50,14 +50,14 @@ def handled(kind: str, scenario: Scenario | None) -> Callable[[Message, Context]
 
     @reported
     def handler(msg: Message, context: Context) -> Message:
-        startup = startup_seconds()
         socket_path = context.node_config.get(worker.WORKER_SOCKET)
         if socket_path:
-            content = worker.call(str(socket_path), kind, msg, context, startup)
+            content = worker.call(str(socket_path), kind, msg, context, startup_seconds())
         else:
             from fedtune.config import scenario_from_run_config
-            from fedtune.node import HANDLERS
+            from fedtune.node import HANDLERS  # the start-up includes these imports
 
+            startup = startup_seconds()
             active = scenario or scenario_from_run_config(context.run_config)
             content = HANDLERS[kind](msg.content, context, active, startup)
         return Message(content, reply_to=msg)

@@ -8,7 +8,8 @@ when the run ends, fails or is interrupted. Outputs are those of `fedtune run`.
 
 Layout under the run directory: `deploy/` (scenario.yaml, run_config.toml, certs/,
 flwr-home/config.toml, superlink/ with its state and log, flwr-run.log) and
-`nodes/node-<i>/` (data.jsonl, cache/, flwr-home/, supernode.log).
+`nodes/node-<i>/` (data.jsonl, cache/, flwr-home/, supernode.log; with `worker`,
+worker.log, its socket in a private temporary directory).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +39,7 @@ from fedtune.config import Scenario, ScenarioError
 from fedtune.data import LABEL, TEXT, federated_data
 from fedtune.errors import FedtuneError
 from fedtune.runtime import check_inputs, prepare_run_dir
+from fedtune.worker import WORKER_SOCKET
 
 CONNECTION = "fedtune"
 """The SuperLink connection name in the launcher's `$FLWR_HOME/config.toml`."""
@@ -245,7 +249,9 @@ class Launcher:
             "--disable-runtime-dependency-installation",
         ]
 
-    def supernode_cmd(self, pid: int, data_path: Path, key: Path | None) -> list[str]:
+    def supernode_cmd(
+        self, pid: int, data_path: Path, key: Path | None, worker: Path | None
+    ) -> list[str]:
         node_dir = data_path.parent
         config = {
             "data-path": str(data_path),
@@ -253,6 +259,8 @@ class Launcher:
             "partition-id": pid,
             "num-partitions": len(self.nodes),
         }
+        if worker is not None:
+            config[WORKER_SOCKET] = str(worker)
         cmd = [*self.nodes[pid].prefix, "flower-supernode", "--superlink", self.address]
         cmd += self.tls("--root-certificates")
         if key is not None:
@@ -262,6 +270,9 @@ class Launcher:
             *("--node-config", node_config(config)),
             *("--host", "127.0.0.1", "--port", str(free_port())),
         ]
+
+    def worker_cmd(self, pid: int, socket_path: Path) -> list[str]:
+        return [*self.nodes[pid].prefix, "fedtune", "worker", "--socket", str(socket_path)]
 
     def control(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """A `flwr` command against the SuperLink (from the SuperLink's host)."""
@@ -313,6 +324,31 @@ def stream(run: subprocess.Popen, log: Path, quiet: bool, procs: Processes) -> N
     reader.join(timeout=10)
 
 
+def start_worker(
+    launcher: Launcher, procs: Processes, pid: int, socket_path: Path, timeout: float
+) -> None:
+    """Node `pid`'s warm worker, listening on `socket_path` before its SuperNode starts."""
+    node_dir = launcher.run_dir / "nodes" / f"node-{pid}"
+    log, home = node_dir / "worker.log", {"FLWR_HOME": str(node_dir / "flwr-home")}
+    procs.start(f"worker {pid}", launcher.worker_cmd(pid, socket_path), log, node_dir, home)
+    wait_until(
+        f"worker {pid}",
+        lambda: "listening on" in log.read_text(errors="replace"),
+        procs,
+        timeout,
+    )
+
+
+@contextlib.contextmanager
+def _removed(directory: Path | None) -> Iterator[None]:
+    """`directory` (if any) is removed on exit."""
+    try:
+        yield
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def deploy(
     scenario: Scenario,
     insecure: bool = False,
@@ -320,9 +356,11 @@ def deploy(
     superlink: Host | None = None,
     nodes: list[Host] | None = None,
     timeout: float = 120.0,
+    worker: bool = False,
 ) -> dict:
-    """Run the scenario on a local deployment: a SuperLink and one SuperNode per client,
-    each a separate process (on `nodes` hosts, if given); return the run's summary."""
+    """Run the scenario on a local deployment: a SuperLink and one SuperNode per client
+    (with `worker`, a warm `fedtune worker` next to each), each a separate process (on
+    `nodes` hosts, if given); return the run's summary."""
     check_inputs(scenario)
     if not (APP_DIR / "pyproject.toml").is_file():
         raise ScenarioError(f"fedtune deploy needs the fedtune source tree ({APP_DIR})")
@@ -335,7 +373,9 @@ def deploy(
     launcher = Launcher(scenario, run_dir, insecure, superlink or Host(), nodes)
     data_paths = launcher.prepare()
     (launcher.deploy_dir / "superlink").mkdir(exist_ok=True)
-    with sigterm_as_interrupt(), Processes(launcher.env) as procs:
+    # Owner-only (0700) and short: a unix socket's path has at most 107 bytes.
+    sockets = Path(tempfile.mkdtemp(prefix="fedtune-workers-")) if worker else None
+    with sigterm_as_interrupt(), _removed(sockets), Processes(launcher.env) as procs:
         superlink_log = launcher.deploy_dir / "superlink" / "superlink.log"
         procs.start("SuperLink", launcher.superlink_cmd(), superlink_log, launcher.deploy_dir)
         wait_until(
@@ -355,7 +395,10 @@ def deploy(
                     raise DeployError(f"registering node-{pid} failed:\n{result.stdout}")
             node_dir = data_path.parent
             home = {"FLWR_HOME": str(node_dir / "flwr-home")}
-            cmd = launcher.supernode_cmd(pid, data_path, key)
+            socket_path = sockets / f"node-{pid}.sock" if sockets else None
+            if socket_path is not None:
+                start_worker(launcher, procs, pid, socket_path, timeout)
+            cmd = launcher.supernode_cmd(pid, data_path, key, socket_path)
             procs.start(f"SuperNode {pid}", cmd, node_dir / "supernode.log", node_dir, home)
         wait_until(f"{n} SuperNodes online", lambda: online_nodes(launcher) >= n, procs, timeout)
         cmd = [*launcher.superlink.prefix, "flwr", "run", str(APP_DIR), CONNECTION]

@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
@@ -129,7 +130,7 @@ def peer_uid(conn: socket.socket) -> int:
     return uid
 
 
-def serve(path: Path, ready: callable = lambda: None) -> None:
+def serve(path: Path, ready: Callable[[], None] = lambda: None) -> None:
     """Answer messages on `path`, one at a time, until interrupted (the socket is removed)."""
     from fedtune.config import scenario_from_run_config  # heavy: loaded once, kept warm
     from fedtune.node import HANDLERS
@@ -147,7 +148,7 @@ def serve(path: Path, ready: callable = lambda: None) -> None:
             path.unlink()
 
 
-def _answer(conn: socket.socket, handlers: dict, scenario_of: callable) -> None:
+def _answer(conn: socket.socket, handlers: Mapping[str, Callable], scenario_of: Callable) -> None:
     """One message: the handler's reply and the node's new state, or the error."""
     try:
         if peer_uid(conn) != os.getuid():

@@ -77,8 +77,9 @@ def _run_audited(mode: str, raw: dict, tmp: Path, audit: Path | None) -> Path:
         (audit / "sitecustomize.py").write_text(AUDIT)
         pythonpath = os.pathsep.join(p for p in (str(audit), os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, "FEDTUNE_AUDIT_DIR": str(audit), "PYTHONPATH": pythonpath}
+    command, *flags = mode.split()
     result = subprocess.run(
-        [sys.executable, "-m", "fedtune.cli", mode, str(path), "--quiet"],
+        [sys.executable, "-m", "fedtune.cli", command, str(path), "--quiet", *flags],
         capture_output=True,
         text=True,
         timeout=600,
@@ -90,13 +91,16 @@ def _run_audited(mode: str, raw: dict, tmp: Path, audit: Path | None) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir: Path, toy_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same tiny scenario under `fedtune run` and `fedtune deploy` (TLS + node auth),
-    the deployment with every .csv/.jsonl opened by any of its processes logged."""
+    """The same tiny scenario under `fedtune run`, `fedtune deploy` (TLS + node auth) and
+    `fedtune deploy --worker`, each deployment with every .csv/.jsonl opened by any of its
+    processes logged."""
     tmp = tmp_path_factory.mktemp("deploy")
-    out = {"audit": tmp / "audit", "source": toy_csv.resolve()}
-    for mode in ("run", "deploy"):
-        audit = out["audit"] if mode == "deploy" else None
-        out[mode] = _run_audited(mode, tiny_raw(tiny_model_dir, toy_csv, tmp / mode), tmp, audit)
+    out = {"source": toy_csv.resolve()}
+    for mode in ("run", "deploy", "deploy --worker"):
+        name = mode.replace(" --", "-")
+        audit = tmp / f"audit-{name}" if mode != "run" else None
+        raw = tiny_raw(tiny_model_dir, toy_csv, tmp / name)
+        out[name], out[f"audit-{name}"] = _run_audited(mode, raw, tmp, audit), audit
     return out
 
 
@@ -118,10 +122,24 @@ def test_deploy_with_tls_and_node_auth(runs: dict) -> None:
         assert len(list((run_dir / "nodes" / f"node-{pid}" / "cache" / "shards").iterdir())) == 1
 
 
-def test_parity_with_simulation(runs: dict) -> None:
-    """Same scenario and seed: the deployment ends with the simulation's metrics."""
+def test_the_worker_keeps_each_node_loaded(runs: dict) -> None:
+    """With `--worker`, a node's second message finds its model and shard loaded."""
+    run_dir = runs["deploy-worker"]
+    out = check_outputs(run_dir, "federated", rounds=2, clients=2)
+    first, second = (
+        {c["partition-id"]: c for c in line["clients"]["train"]} for line in out["lines"][1:]
+    )
+    for pid in (0, 1):
+        assert second[pid]["setup_seconds"] < first[pid]["setup_seconds"]
+        assert "listening on" in (run_dir / "nodes" / f"node-{pid}" / "worker.log").read_text()
+
+
+@pytest.mark.parametrize("deployment", ["deploy", "deploy-worker"])
+def test_parity_with_simulation(runs: dict, deployment: str) -> None:
+    """Same scenario and seed: the deployment (with or without the warm worker) ends with
+    the simulation's metrics."""
     sim = json.loads((runs["run"] / "summary.json").read_text())["history"]
-    dep = json.loads((runs["deploy"] / "summary.json").read_text())["history"]
+    dep = json.loads((runs[deployment] / "summary.json").read_text())["history"]
     print(f"\nsimulation {[(h['accuracy'], h['loss']) for h in sim]}")
     print(f"deployment {[(h['accuracy'], h['loss']) for h in dep]}")
     assert abs(sim[-1]["accuracy"] - dep[-1]["accuracy"]) <= 0.01
@@ -153,10 +171,12 @@ def check_each_node_reads_only_its_own_file(run_dir: Path, audit: Path, source: 
     assert not server_side & node_files, "the server side never reads a node's file"
 
 
-def test_each_node_reads_only_its_own_file(runs: dict) -> None:
+@pytest.mark.parametrize("deployment", ["deploy", "deploy-worker"])
+def test_each_node_reads_only_its_own_file(runs: dict, deployment: str) -> None:
     """Every .csv/.jsonl a process opened, by the FLWR_HOME it runs under: a node's
-    processes (SuperNode and its ClientApps) open only that node's data.jsonl."""
-    check_each_node_reads_only_its_own_file(runs["deploy"], runs["audit"], runs["source"])
+    processes (SuperNode, its ClientApps, its worker) open only that node's data.jsonl."""
+    audit = runs[f"audit-{deployment}"]
+    check_each_node_reads_only_its_own_file(runs[deployment], audit, runs["source"])
 
 
 def test_with_secagg_each_node_reads_only_its_own_file(
