@@ -199,10 +199,33 @@ def _parser() -> argparse.ArgumentParser:
         help="a UTF-8 file of texts, one per line (blank lines skipped); a .jsonl file: one "
         'object per line, {"text": ..., feature: value, ...} (a fusion model\'s features)',
     )
+    export = sub.add_parser(
+        "export",
+        help="a quantized copy of a saved model for CPU inference (size and test accuracy "
+        "against fp32 in OUT/export.json)",
+    )
+    export.add_argument("model_dir")
+    export.add_argument("out_dir", help="the export's directory (new, or empty)")
+    export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        required=True,
+        help="int8: dynamic int8 quantization of the Linear layers",
+    )
     serve = sub.add_parser("serve", help="serve a saved model over HTTP (POST /predict)")
     serve.add_argument("model_dir")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument(
+        "--api-key-file",
+        help="API keys, one per line: /predict and /metrics then need "
+        "'Authorization: Bearer KEY' (or 'X-API-Key: KEY'); /health stays open",
+    )
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="server processes (each loads the model)"
+    )
     return parser
 
 
@@ -312,10 +335,39 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from fedtune.export import export_int8
+
+    report = export_int8(Path(args.model_dir), Path(args.out_dir))
+    line = (
+        f"int8 export: {args.out_dir} ({report['int8_mb']:.1f} MB, fp32 "
+        f"{report['fp32_mb']:.1f} MB: {report['int8_mb'] / report['fp32_mb']:.2f}x)"
+    )
+    if "int8_accuracy" in report:
+        drop = 100 * (report["fp32_accuracy"] - report["int8_accuracy"])
+        line += (
+            f"; test accuracy {report['int8_accuracy']:.3f} vs fp32 "
+            f"{report['fp32_accuracy']:.3f} ({drop:+.1f} points lost, "
+            f"{report['test_examples']} texts of the run's test split)"
+        )
+    else:
+        line += "; no accuracy: MODEL is not a simulated run's model/ directory"
+    print(line)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from fedtune import serving
 
-    serving.serve(args.model_dir, args.host, args.port)
+    serving.serve(
+        args.model_dir,
+        args.host,
+        args.port,
+        api_key_file=args.api_key_file,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        workers=args.workers,
+    )
     return 0
 
 
@@ -566,6 +618,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": _compare,
     "audit": _audit,
     "predict": _predict,
+    "export": _export,
     "serve": _serve,
 }
 """Command name -> handler (its argparse namespace -> exit code)."""

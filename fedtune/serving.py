@@ -1,17 +1,24 @@
 """Use a trained model: `Predictor` labels texts, `create_app`/`serve` expose it over HTTP.
 
-HTTP API: `GET /health` -> `{"status": "ok", "labels": [...]}`; `POST /predict` with
+HTTP API: `GET /health` -> `{"status": "ok", "labels": [...]}` (always open); `GET /metrics`
+-> Prometheus text; `POST /predict` with
 `{"texts": ["...", ...]}` (a fusion model also needs `"features": [{column: value}, ...]`,
 one object per text) -> `{"predictions": [{"label": ..., "score": ...}, ...]}` in input
 order. Every invalid request (malformed JSON, missing or empty `texts`, a non-string item, more
 than `max_texts` texts, a text longer than `max_chars`, missing or bad features) gets 422 and
 `{"detail": "<message>"}`; a body over `max_body_bytes` gets 413 with the same shape (read no
-further than the limit); only a body that is not UTF-8 gets FastAPI's own 400.
+further than the limit); only a body that is not UTF-8 gets FastAPI's own 400. With API keys
+(`fedtune.api_keys`), `/predict` and `/metrics` without a valid key get 401 before any of the
+body is read.
 """
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
+import ssl
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,14 +27,17 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, StrictStr, StringConstraints
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from fedtune.api_keys import is_valid, load_keys, presented_key
 from fedtune.errors import DataError, FedtuneError, first_line
 from fedtune.fusion import FusionConfig, TabularSpec, encode_tabular  # registers Auto* too
 from fedtune.model import ModelError
+from fedtune.monitoring import MULTIPROCESS_ENV, Observed, ServeMetrics, log_to_stderr
+from fedtune.quantize import is_quantized, load_int8
 from fedtune.train import pick_device
 
 hf_logging.disable_progress_bar()  # no "Loading weights" bars in `fedtune predict` output
@@ -50,12 +60,15 @@ class Predictor:
         path = Path(model_dir).expanduser()
         if not (path / "config.json").is_file():
             raise ModelError(f"{str(model_dir)!r} is not a model directory: it has no config.json")
-        self.device = pick_device()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, output_loading_info=True
-            )
+            if is_quantized(path):  # `fedtune export --quantize int8`: CPU kernels
+                model, info, self.device = load_int8(path), {}, torch.device("cpu")
+            else:
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    path, output_loading_info=True
+                )
+                self.device = pick_device()
         except Exception as exc:  # noqa: BLE001 - whatever breaks, the directory is the cause
             raise ModelError(
                 f"{str(model_dir)!r}: cannot load the model: {first_line(exc)}"
@@ -134,8 +147,15 @@ class MicroBatcher:
     for up to `max_wait_ms` or until `max_batch` texts, then makes one `Predictor.predict` call
     in a worker thread and hands each request its slice. `batches` counts those calls."""
 
-    def __init__(self, predictor: Predictor, max_batch: int, max_wait_ms: float) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        max_batch: int,
+        max_wait_ms: float,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
         self.predictor = predictor
+        self.on_batch = on_batch
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
@@ -163,6 +183,7 @@ class MicroBatcher:
                         future.set_exception(exc)
                 continue
             self.batches += 1
+            self.on_batch(len(texts))
             start = 0
             for request_texts, _, future in batch:
                 if not future.done():  # done = cancelled: its client went away
@@ -265,6 +286,37 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+ROUTES = frozenset({"/health", "/metrics", "/predict"})
+OPEN_PATHS = frozenset({"/health"})
+"""Paths served without an API key."""
+
+
+class RequireKey:
+    """ASGI middleware: with `keys`, an HTTP request outside OPEN_PATHS without a valid key
+    (`fedtune.api_keys`) gets 401 and `{"detail": ...}`, before its body is read."""
+
+    def __init__(self, app: Callable, keys: tuple[bytes, ...]) -> None:
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or scope["path"] in OPEN_PATHS
+            or is_valid(presented_key(dict(scope.get("headers") or [])), self.keys)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = JSONResponse(status_code=401, content={"detail": "missing or invalid API key"}).body
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b"Bearer"),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(
     predictor: Predictor,
     max_texts: int = 64,
@@ -272,9 +324,12 @@ def create_app(
     max_batch: int = 32,
     max_wait_ms: float = 5,
     max_body_bytes: int = MAX_BODY_BYTES,
+    api_keys: tuple[bytes, ...] = (),
 ) -> FastAPI:
-    """The HTTP API around `predictor`; its micro-batcher is `app.state.batcher` while running.
-    Request bodies over `max_body_bytes` get 413."""
+    """The HTTP API around `predictor`; its micro-batcher is `app.state.batcher` while running,
+    its metrics `app.state.metrics`. Request bodies over `max_body_bytes` get 413; with
+    `api_keys`, requests without one of them get 401 (`/health` stays open)."""
+    metrics = ServeMetrics()
 
     # A local class because its limits are arguments. FastAPI resolves `body: PredictRequest`
     # at runtime, so this module must not use `from __future__ import annotations`.
@@ -289,7 +344,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.batcher = MicroBatcher(predictor, max_batch, max_wait_ms)
+        app.state.batcher = MicroBatcher(
+            predictor, max_batch, max_wait_ms, metrics.batch_texts.observe
+        )
         task = asyncio.create_task(app.state.batcher.run())
         yield
         task.cancel()
@@ -297,7 +354,12 @@ def create_app(
             await task
 
     app = FastAPI(title="fedtune", lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.state.metrics = metrics
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # the innermost
+    app.add_middleware(RequireKey, keys=api_keys)
+    app.add_middleware(
+        Observed, metrics=metrics, paths=frozenset({"/health", "/metrics", "/predict"})
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -307,6 +369,11 @@ def create_app(
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "labels": predictor.labels}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        content, media_type = metrics.exposition()
+        return Response(content, media_type=media_type)
 
     @app.post("/predict", response_model=None)
     async def predict(body: PredictRequest) -> PredictResponse | JSONResponse:
@@ -338,10 +405,69 @@ def check_address(host: str, port: int) -> None:
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Raise ServeError unless both or neither are given and they load as a key pair."""
+    if (certfile is None) != (keyfile is None):
+        raise ServeError("give both --ssl-certfile and --ssl-keyfile (or neither)")
+    if certfile is None:
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServeError(
+            f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load: "
+            f"{getattr(exc, 'strerror', None) or first_line(exc)}"
+        ) from None
+
+
+SERVE_ENV = "FEDTUNE_SERVE"
+"""How `serve` hands its settings (JSON) to `app_from_env` in each worker process."""
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `--workers` process, from the settings `serve` put in SERVE_ENV."""
+    settings = json.loads(os.environ[SERVE_ENV])
+    log_to_stderr()
+    key_file = settings["api_key_file"]
+    keys = load_keys(Path(key_file)) if key_file else ()
+    return create_app(
+        Predictor(settings["model_dir"]), max_body_bytes=settings["max_body_bytes"], api_keys=keys
+    )
+
+
 def serve(
-    model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_body_bytes: int = MAX_BODY_BYTES
+    model_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    api_key_file: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    workers: int = 1,
 ) -> None:
-    """Load the model in `model_dir` and serve it with uvicorn until interrupted."""
+    """Load the model in `model_dir` and serve it with uvicorn (`workers` processes, each
+    with its own copy of the model) until interrupted."""
     check_address(host, port)
-    app = create_app(Predictor(model_dir), max_body_bytes=max_body_bytes)
-    uvicorn.run(app, host=host, port=port)
+    check_tls(ssl_certfile, ssl_keyfile)
+    keys = load_keys(Path(api_key_file)) if api_key_file else ()
+    predictor = Predictor(model_dir)  # refuses a bad model directory before any worker starts
+    tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    log_to_stderr()
+    if workers == 1:
+        app = create_app(predictor, max_body_bytes=max_body_bytes, api_keys=keys)
+        uvicorn.run(app, host=host, port=port, access_log=False, **tls)
+        return
+    del predictor
+    settings = {"model_dir": model_dir, "max_body_bytes": max_body_bytes}
+    settings["api_key_file"] = api_key_file
+    with tempfile.TemporaryDirectory(prefix="fedtune-metrics-") as metrics_dir:
+        os.environ.update({MULTIPROCESS_ENV: metrics_dir, SERVE_ENV: json.dumps(settings)})
+        uvicorn.run(
+            "fedtune.serving:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            **tls,
+        )

@@ -75,6 +75,15 @@ def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> Non
         ).config.id2label.values()
     )
     assert labels == {"negative", "neutral", "positive"}
+    # the int8 export measures itself on the run's test split, next to the fp32 model
+    export = fedtune("export", str(run_dir / "model"), str(tmp_path / "int8"), "--quantize", "int8")
+    assert export.returncode == 0, export.stderr[-2000:]
+    report = json.loads((tmp_path / "int8" / "export.json").read_text())
+    summary = out["summary"]
+    supports = out["lines"][-1]["central"]["per_class"]["macro avg"]["support"]
+    assert report["test_examples"] == supports
+    assert report["fp32_accuracy"] == pytest.approx(summary["final"]["accuracy"], abs=1e-6)
+    assert 0 <= report["int8_accuracy"] <= 1
 
 
 def test_centralized_baseline(make_scenario, tmp_path: Path) -> None:

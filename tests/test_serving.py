@@ -4,8 +4,11 @@ server spoken to over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ from conftest import tiny_bert
 from fastapi import FastAPI
 
 from fedtune import cli, serving
+from fedtune.certs import make_certs
 from fedtune.cli import main
 from fedtune.model import ModelError
 from fedtune.serving import BodyLimit, MicroBatcher, Predictor, create_app
@@ -377,3 +381,201 @@ def test_predict_file_lines_are_bounded(tmp_path: Path) -> None:
 
 def test_serving_limits_are_documented() -> None:
     assert serving.MAX_BODY_BYTES == 1 << 20
+
+
+# ------------------------------------------------------------------ production serving
+
+KEY = "k" * 20 + "-fedtune-test"
+
+
+def _start(app: FastAPI, **ssl: str) -> tuple[uvicorn.Server, threading.Thread, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **ssl))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    return uv, thread, sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def keyed(predictor: Predictor) -> Iterator[tuple[str, FastAPI]]:
+    """A server that needs an API key."""
+    app = create_app(predictor, api_keys=(KEY.encode(), b"another-key-of-16+chars"))
+    uv, thread, port = _start(app)
+    yield f"http://127.0.0.1:{port}", app
+    uv.should_exit = True
+    thread.join(10)
+
+
+def test_api_keys_401_without_or_with_a_wrong_key(keyed: tuple[str, FastAPI]) -> None:
+    url, _ = keyed
+    body = {"texts": ["great flight"]}
+    for headers in ({}, {"authorization": "Bearer wrong-key-of-many-chars"}, {"x-api-key": ""}):
+        response = httpx.post(f"{url}/predict", json=body, headers=headers)
+        assert response.status_code == 401, headers
+        assert response.json() == {"detail": "missing or invalid API key"}
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{url}/metrics").status_code == 401
+    assert httpx.get(f"{url}/health").status_code == 200  # open: for load balancers
+    for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": "another-key-of-16+chars"}):
+        response = httpx.post(f"{url}/predict", json=body, headers=headers)
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["label"] == "positive"
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_the_requests_just_made(
+    keyed: tuple[str, FastAPI], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = keyed
+    auth = {"authorization": f"Bearer {KEY}"}
+    before = _samples(httpx.get(f"{url}/metrics", headers=auth).text)
+    ok = ("fedtune_requests_total", (("path", "/predict"), ("status", "200")))
+    denied = ("fedtune_requests_total", (("path", "/predict"), ("status", "401")))
+    texts = ("fedtune_batch_texts_sum", ())
+    with caplog.at_level("INFO", logger="fedtune.access"):
+        for _ in range(3):
+            httpx.post(f"{url}/predict", json={"texts": ["great", "late"]}, headers=auth)
+        httpx.post(f"{url}/predict", json={"texts": ["great"]})
+        httpx.get(f"{url}/no-such-page", headers=auth)
+    after = _samples(httpx.get(f"{url}/metrics", headers=auth).text)
+    assert after[ok] - before.get(ok, 0) == 3
+    assert after[denied] - before.get(denied, 0) == 1
+    errors = ("fedtune_request_errors_total", (("path", "/predict"), ("status", "401")))
+    assert after[errors] - before.get(errors, 0) == 1
+    assert after[("fedtune_requests_total", (("path", "other"), ("status", "404")))] >= 1
+    assert after[texts] - before.get(texts, 0) == 6  # 3 model calls of 2 texts
+    latency = ("fedtune_request_seconds_count", (("path", "/predict"),))
+    assert after[latency] - before.get(latency, 0) == 4
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fedtune.access"]
+    lines = [entry for entry in lines if entry["path"] != "/metrics"]  # logged after replying
+    assert [(entry["path"], entry["status"]) for entry in lines] == [
+        *[("/predict", 200)] * 3,
+        ("/predict", 401),
+        ("/no-such-page", 404),
+    ]
+    assert all(
+        set(entry) == {"time", "client", "method", "path", "status", "ms"} for entry in lines
+    )
+
+
+def test_https_with_fedtune_certs(predictor: Predictor, tmp_path: Path) -> None:
+    make_certs(tmp_path, 0)
+    ssl = {
+        "ssl_certfile": str(tmp_path / "server.pem"),
+        "ssl_keyfile": str(tmp_path / "server.key"),
+    }
+    uv, thread, port = _start(create_app(predictor), **ssl)
+    try:
+        response = httpx.post(
+            f"https://localhost:{port}/predict",
+            json={"texts": ["late again"]},
+            verify=str(tmp_path / "ca.crt"),
+        )
+        assert response.json()["predictions"][0]["label"] == "negative"
+        with pytest.raises(httpx.ConnectError):  # a client that does not trust the CA
+            httpx.get(f"https://localhost:{port}/health")
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"keys": ""}, "no keys (one per line)"),
+        ({"keys": "# only a comment\n\n"}, "no keys (one per line)"),
+        ({"keys": "short\n"}, "key 1 is shorter than 16 characters"),
+        ({"keys": None}, "cannot read: No such file or directory"),
+        ({"cert_only": True}, "give both --ssl-certfile and --ssl-keyfile"),
+        ({"bad_cert": True}, "cannot load"),
+    ],
+)
+def test_serve_bad_keys_or_tls_files_exit_2(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, files: dict, message: str
+) -> None:
+    argv = ["serve", str(model_dir), "--port", str(_free_port())]
+    if "keys" in files:
+        key_file = tmp_path / "keys.txt"
+        if files["keys"] is not None:
+            key_file.write_text(files["keys"])
+        argv += ["--api-key-file", str(key_file)]
+    if files.get("cert_only"):
+        argv += ["--ssl-certfile", str(tmp_path / "server.pem")]
+    if files.get("bad_cert"):
+        (tmp_path / "server.pem").write_text("not a certificate")
+        (tmp_path / "server.key").write_text("not a key")
+        argv += ["--ssl-certfile", str(tmp_path / "server.pem")]
+        argv += ["--ssl-keyfile", str(tmp_path / "server.key")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_serve_with_workers_sums_metrics_over_processes(model_dir: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text(f"# fedtune serve keys\n{KEY}\n")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "fedtune.cli", "serve", str(model_dir), "--port", str(port)]
+    cmd += ["--workers", "2", "--api-key-file", str(key_file)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url, auth = f"http://127.0.0.1:{port}", {"x-api-key": KEY}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        with httpx.Client() as client:  # new connections: both workers get some
+            for _ in range(8):
+                ok = client.post(f"{url}/predict", json={"texts": ["great"]}, headers=auth)
+                assert ok.status_code == 200
+        metrics = _samples(httpx.get(f"{url}/metrics", headers=auth).text)
+        assert metrics[("fedtune_requests_total", (("path", "/predict"), ("status", "200")))] == 8
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    access = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert sum(entry["path"] == "/predict" for entry in access) == 8
+
+
+def test_int8_export_loads_and_predicts(
+    model_dir: Path, predictor: Predictor, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "int8"
+    assert main(["export", str(model_dir), str(out), "--quantize", "int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "no accuracy: MODEL is not a simulated run's model/ directory" in printed
+    report = json.loads((out / "export.json").read_text())
+    assert report["int8_mb"] < report["fp32_mb"]
+    assert {p.suffix for p in out.iterdir()} == {".json", ".safetensors"}  # nothing pickled
+    quantized = Predictor(out)
+    assert quantized.device.type == "cpu"
+    texts = [text for text, _ in HELD_OUT]
+    predictions = quantized.predict(texts)
+    assert [p["label"] for p in predictions] == [label for _, label in HELD_OUT]
+    for q, fp32 in zip(predictions, predictor.predict(texts), strict=True):
+        assert q["score"] == pytest.approx(fp32["score"], abs=0.05)
+    assert main(["export", str(model_dir), str(out), "--quantize", "int8"]) == 2
+    assert main(["export", str(out), str(tmp_path / "again"), "--quantize", "int8"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        f"fedtune: error: {out}: already exists; choose a new directory",
+        f"fedtune: error: {out}: already a quantized export",
+    ]
