@@ -1,20 +1,29 @@
-"""Load check of `fedtune serve`: start it on a saved model, send N concurrent one-text
-requests from this process, print requests/s and latency percentiles.
+"""Load check of `fedtune serve`, fp32 against its int8 export, side by side in one run:
+export the model (`fedtune export --quantize int8`, which measures both on the run's test
+split), then for each model start `fedtune serve`, send N concurrent one-text requests and
+print requests/s and latency percentiles, then the int8/fp32 throughput ratio.
 
-    python bench/serve_load.py runs/<run>/model [--requests 200] [--port 8765]
+    python bench/serve_load.py runs/<run>/model [--requests 200] [--port 8765] [--threads 2]
+
+Writes bench/serve_load.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
+HERE = Path(__file__).resolve().parent
 TEXTS = [
     "@united thanks for the smooth flight, great crew!",
     "@americanair lost my bag again and nobody answers",
@@ -37,36 +46,67 @@ async def _load(url: str, n: int) -> tuple[float, list[float]]:
         return time.perf_counter() - start, sorted(latencies)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model_dir")
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--port", type=int, default=8765)
-    args = parser.parse_args()
-    base = f"http://127.0.0.1:{args.port}"
+def measure(model_dir: str, requests: int, port: int, threads: int) -> dict:
+    """requests/s and latency of `fedtune serve model_dir` under `requests` concurrent calls."""
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "fedtune.cli", "serve", args.model_dir, "--port", str(args.port)],
+        [sys.executable, "-m", "fedtune.cli", "serve", model_dir, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
-        for _ in range(600):
+        for _ in range(1200):
             try:
                 if httpx.get(f"{base}/health").status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        asyncio.run(_load(f"{base}/predict", 10))  # warm-up
-        seconds, latencies = asyncio.run(_load(f"{base}/predict", args.requests))
+        asyncio.run(_load(f"{base}/predict", 20))  # warm-up
+        seconds, latencies = asyncio.run(_load(f"{base}/predict", requests))
     finally:
         server.terminate()
         server.wait()
-    p95 = latencies[int(0.95 * (len(latencies) - 1))]
-    print(
-        f"{args.requests} concurrent requests in {seconds:.2f}s: "
-        f"{args.requests / seconds:.1f} requests/s, latency p50 "
-        f"{statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
-    )
+    return {
+        "requests_per_second": requests / seconds,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p95_ms": latencies[int(0.95 * (len(latencies) - 1))] * 1000,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        int8_dir = str(Path(tmp) / "int8")
+        export = [sys.executable, "-m", "fedtune.cli", "export", args.model_dir, int8_dir]
+        subprocess.run([*export, "--quantize", "int8"], check=True)
+        report = json.loads((Path(int8_dir) / "export.json").read_text())
+        results = {
+            name: measure(path, args.requests, args.port, args.threads)
+            for name, path in (("fp32", args.model_dir), ("int8", int8_dir))
+        }
+    for name, r in results.items():
+        print(
+            f"{name}: {args.requests} concurrent requests: {r['requests_per_second']:.1f} "
+            f"requests/s, latency p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms"
+        )
+    ratio = results["int8"]["requests_per_second"] / results["fp32"]["requests_per_second"]
+    print(f"int8 / fp32 throughput: {ratio:.2f}x")
+    if "int8_accuracy" in report:
+        drop = 100 * (report["fp32_accuracy"] - report["int8_accuracy"])
+        print(
+            f"test accuracy: int8 {report['int8_accuracy']:.3f}, fp32 "
+            f"{report['fp32_accuracy']:.3f} ({drop:.1f} points lost)"
+        )
+    out = {"model": args.model_dir, "requests": args.requests, "threads": args.threads}
+    out.update({"results": results, "int8_over_fp32": ratio, "export": report})
+    (HERE / "serve_load.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -135,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             cmd.add_argument("--verbose", action="store_true", help="Flower and Ray logs too")
             cmd.add_argument(
+                "--ray-address",
+                metavar="HOST:PORT|auto",
+                help="run the clients on an existing Ray cluster (`ray start --head`), not a "
+                "private one on this machine",
+            )
+            cmd.add_argument(
                 "--resume",
                 metavar="RUN_DIR",
                 help="continue an interrupted run from its last complete round "
@@ -435,7 +441,9 @@ def _run(args: argparse.Namespace) -> int:
     from fedtune import runtime  # heavy imports only once the input is valid
 
     try:
-        summary = runtime.run_federated(scenario, args.quiet, args.verbose, bool(args.resume))
+        summary = runtime.run_federated(
+            scenario, args.quiet, args.verbose, bool(args.resume), args.ray_address
+        )
     except runtime.Interrupted as exc:
         _interrupted_run(exc)
     return _finished(summary)

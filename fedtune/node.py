@@ -37,6 +37,7 @@ from fedtune.data import federated_data, make_loader
 from fedtune.model import load_model, load_tokenizer, load_weights, personal_weights, shared_weights
 from fedtune.node_data import NodeConfig, node_shard, partition_id, state_dir
 from fedtune.node_state import PREFIX, restore_state, save_state
+from fedtune.process import ray_node
 from fedtune.records import from_record, to_record
 from fedtune.secure_mod import refuse_unmasked
 from fedtune.statistics import LABEL_COUNTS, LABEL_COUNTS_ACTION, label_counts_content
@@ -156,8 +157,13 @@ class LocalNode:
 
     def setup_metrics(self) -> dict[str, float]:
         """What this message cost before training: the process's start-up (a fresh process
-        per message in deployment) and the node's set-up (scenario, model, shard, weights)."""
-        return {"startup_seconds": self.startup_seconds, "setup_seconds": self.setup_seconds}
+        per message in deployment) and the node's set-up (scenario, model, shard, weights);
+        in simulation, the Ray node the client ran on."""
+        return {
+            "startup_seconds": self.startup_seconds,
+            "setup_seconds": self.setup_seconds,
+            **ray_node(),
+        }
 
     def load_personal(self, state: RecordDict) -> None:
         """Put this node's own personal parameters (FedSA-LoRA's B) into the model: those

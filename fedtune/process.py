@@ -1,9 +1,11 @@
 """Processes as Linux's /proc shows them: this process's age (what a message cost before
-fedtune's own set-up began) and the fields of any process's `stat` line."""
+fedtune's own set-up began), the fields of any process's `stat` line, and the Ray node a
+simulated client runs on."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 _first_message = True
@@ -40,3 +42,12 @@ def process_age() -> float:
         return max(0.0, uptime - int(fields[START_TIME]) / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError, TypeError):
         return 0.0
+
+
+def ray_node() -> dict[str, int]:
+    """In a Ray worker (simulation): `{"ray-node": ...}`, the first 60 bits of the Ray node
+    id this process runs on, so a run on a Ray cluster shows where each client ran; else {}."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {"ray-node": int(ray.get_runtime_context().get_node_id()[:15], 16)}

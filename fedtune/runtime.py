@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ from fedtune.data import (
     server_eval_data,
     tokenize,
 )
-from fedtune.errors import FedtuneError
+from fedtune.errors import FedtuneError, first_line
 from fedtune.model import check_model, load_weights, trainable_weights
 from fedtune.node import run_seed
 from fedtune.process import PARENT, START_TIME, STATE, stat_fields
@@ -114,6 +115,31 @@ def check_resources(scenario: Scenario) -> None:
             )
 
 
+def check_ray_cluster(address: str) -> None:
+    """Fail before the run starts when no Ray cluster answers at `address` (`auto`: the one
+    `ray start` left on this machine; HOST:PORT: its head's GCS port, within 5 s; Ray itself
+    would retry for minutes)."""
+    if address == "auto":
+        import ray
+
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise ScenarioError(f"--ray-address auto: {first_line(exc)}") from None
+        finally:
+            ray.shutdown()
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ScenarioError(f"--ray-address {address!r}: give HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ScenarioError(
+            f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc})"
+        ) from None
+
+
 def check_inputs(scenario: Scenario) -> None:
     """Fail before any process starts: data loads, every shard is usable, model loads."""
     fed = federated_data(scenario)
@@ -123,11 +149,19 @@ def check_inputs(scenario: Scenario) -> None:
 
 
 def run_federated(
-    scenario: Scenario, quiet: bool = False, verbose: bool = False, resume: bool = False
+    scenario: Scenario,
+    quiet: bool = False,
+    verbose: bool = False,
+    resume: bool = False,
+    ray_address: str | None = None,
 ) -> dict:
-    """Simulate the federation: one Ray actor process per concurrently training client.
-    With `resume`, continue the run in `output.dir` from its last complete round."""
-    check_resources(scenario)
+    """Simulate the federation: one Ray actor process per concurrently training client, on a
+    private Ray instance or on the cluster at `ray_address`. With `resume`, continue the run
+    in `output.dir` from its last complete round."""
+    if ray_address is None:
+        check_resources(scenario)
+    else:
+        check_ray_cluster(ray_address)
     check_inputs(scenario)
     if resume:
         run_dir = default_run_dir(scenario)
@@ -153,7 +187,11 @@ def run_federated(
         num_supernodes=scenario.partition.num_clients,
         backend_config={
             "client_resources": {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
-            "init_args": {"logging_level": "WARNING", "log_to_driver": verbose},
+            "init_args": {
+                "logging_level": "WARNING",
+                "log_to_driver": verbose,
+                **({"address": ray_address} if ray_address else {}),
+            },
         },
         verbose_logging=verbose,
     )
