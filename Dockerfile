@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY fedtune fedtune
 COPY scenarios scenarios
 # The image's flwr stays as it is (no Ray: the Simulation Engine is not used here).
-RUN sed -i 's/"flwr\[simulation\]/"flwr/' pyproject.toml \
+RUN sed -i -e 's/"flwr\[simulation,dp\]/"flwr[dp]/' -e '/^    "ray",/d' pyproject.toml \
  && python -m pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
  && python -m pip install --no-cache-dir .
 

@@ -346,6 +346,23 @@ def test_docker_compose_file_is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_docker_compose_clientapps_use_a_warm_worker() -> None:
+    """Each node's SuperNode names the worker socket that its ClientApp container's
+    entrypoint starts `fedtune worker` on (next to Flower's SuperExec)."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for pid in (0, 1):
+        node_config = next(
+            arg for arg in services[f"supernode-{pid}"]["command"] if "--node-config" in arg
+        )
+        socket_path = node_config.split('worker-socket="')[1].split('"')[0]
+        for name in (f"superexec-clientapp-{pid}", f"superexec-clientapp-{pid}-gpu"):
+            if name not in services:
+                continue
+            start = services[name]["entrypoint"][2]
+            assert f"fedtune worker --socket {socket_path} &" in start
+            assert "exec flower-superexec" in start
+
+
 def test_server_with_its_own_eval_file_never_reads_the_clients_data(
     make_scenario, run_local, monkeypatch, tmp_path: Path
 ) -> None:
