@@ -110,16 +110,17 @@ def listen(path: Path) -> socket.socket:
                 path.unlink()
             else:
                 raise WorkerSocketError(f"a worker already listens on {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    umask = os.umask(0o177)  # the socket file is born 0600: no window for other users
     try:
-        sock.bind(str(path))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        umask = os.umask(0o177)  # the socket file is born 0600: no window for other users
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(umask)
     except OSError as exc:
         sock.close()
-        raise WorkerSocketError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.umask(umask)
+        raise WorkerSocketError(f"cannot listen on {path}: {exc.strerror or exc}") from None
     sock.listen(8)
     return sock
 

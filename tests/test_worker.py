@@ -129,3 +129,16 @@ def test_the_socket_is_owner_only_and_other_users_are_refused(worker) -> None:
 def test_a_second_worker_on_a_live_socket_is_refused(worker) -> None:
     with pytest.raises(WorkerSocketError, match="a worker already listens"):
         listen(worker["socket"])
+
+
+def test_a_socket_it_cannot_create_is_one_line(tmp_path: Path) -> None:
+    for path in ("/proc/fedtune/w.sock", str(tmp_path / ("x" * 120) / "w.sock")):
+        result = subprocess.run(
+            [sys.executable, "-m", "fedtune.cli", "worker", "--socket", path],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        err = result.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("fedtune: error: "), err
