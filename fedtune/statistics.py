@@ -35,17 +35,17 @@ def federation_label_counts(
         )
         for node in nodes
     ]
-    totals = np.zeros(len(label_names), dtype=np.int64)
-    answered = set()
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)}
+    for node in nodes:  # the first failure in node order, whatever order replies came in
+        if node in replies and replies[node].has_error():
             raise ValueError(
                 f"training.class_weights=federated: node {node} sent no label counts: "
-                f"{client_error(reply.error.reason)}"
+                f"{client_error(replies[node].error.reason)}"
             )
+    totals = np.zeros(len(label_names), dtype=np.int64)
+    for reply in replies.values():
         totals += np.asarray(reply.content["metrics"][LABEL_COUNTS], dtype=np.int64)
-        answered.add(node)
+    answered = set(replies)
     missing = sorted(set(nodes) - answered)
     if missing:
         raise ValueError(
