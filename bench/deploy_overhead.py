@@ -10,9 +10,10 @@ and the mean round time of each against the simulation's. Also the import time o
 ClientApp module (`fedtune.client`) against that of the node's heavy module (`fedtune.node`,
 what the ClientApp module imported before it was made thin).
 
-    python bench/deploy_overhead.py [--rounds 2] [--samples 400]
+    python bench/deploy_overhead.py [--rounds 2] [--samples 400] [--set KEY=VALUE ...]
+                                    [--output bench/deploy_overhead.json]
 
-Writes bench/deploy_overhead.json.
+Writes bench/deploy_overhead.json (or --output).
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    parser.add_argument("--output", default=str(HERE / "deploy_overhead.json"))
     args = parser.parse_args()
     overrides = [
         f"data.max_samples={args.samples}",
         f"federation.rounds={args.rounds}",
         "partition.num_clients=2",
         "federation.min_available_nodes=2",
+        *args.overrides,
     ]
     imports = {m: import_seconds(m) for m in ("fedtune.client", "fedtune.node", "flwr.clientapp")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +104,7 @@ def main() -> int:
             f"{r['round_time_over_simulation']:.2f} | {r['wall_seconds']:.0f} |"
         )
     out = {"overrides": overrides, "import_seconds": imports, "results": results}
-    (HERE / "deploy_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

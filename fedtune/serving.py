@@ -276,14 +276,15 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         detail = f"request body larger than {self.max_bytes} bytes"
-        body = JSONResponse(status_code=413, content={"detail": detail}).body
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_detail(send, 413, detail, (b"connection", b"close"))
+
+
+async def send_detail(send: Send, status: int, detail: str, *headers: tuple[bytes, bytes]) -> None:
+    """An ASGI response `{"detail": detail}` with `status` (and extra `headers`)."""
+    body = JSONResponse(status_code=status, content={"detail": detail}).body
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*head, *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 ROUTES = frozenset({"/health", "/metrics", "/predict"})
@@ -307,14 +308,7 @@ class RequireKey:
         ):
             await self.app(scope, receive, send)
             return
-        body = JSONResponse(status_code=401, content={"detail": "missing or invalid API key"}).body
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b"Bearer"),
-        ]
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_detail(send, 401, "missing or invalid API key", (b"www-authenticate", b"Bearer"))
 
 
 def create_app(

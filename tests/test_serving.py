@@ -82,24 +82,27 @@ def predictor(model_dir: Path) -> Predictor:
     return Predictor(model_dir)
 
 
-@pytest.fixture(scope="module")
-def server(predictor: Predictor) -> Iterator[tuple[str, FastAPI]]:
-    """A real uvicorn server on a free localhost port: (base URL, app)."""
-    app = create_app(predictor, max_texts=MAX_TEXTS, max_chars=MAX_CHARS, max_body_bytes=MAX_BODY)
+def _start(app: FastAPI, **ssl: str) -> tuple[uvicorn.Server, threading.Thread, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uv = uvicorn.Server(config)
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **ssl))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not uv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    return uv, thread, sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(predictor: Predictor) -> Iterator[tuple[str, FastAPI]]:
+    """A real uvicorn server on a free localhost port: (base URL, app)."""
+    app = create_app(predictor, max_texts=MAX_TEXTS, max_chars=MAX_CHARS, max_body_bytes=MAX_BODY)
+    uv, thread, port = _start(app)
+    yield f"http://127.0.0.1:{port}", app
     uv.should_exit = True
     thread.join(10)
-    sock.close()
 
 
 def test_predictor_labels_held_out_texts_in_order(predictor: Predictor, model_dir: Path) -> None:
@@ -386,19 +389,6 @@ def test_serving_limits_are_documented() -> None:
 # ------------------------------------------------------------------ production serving
 
 KEY = "k" * 20 + "-fedtune-test"
-
-
-def _start(app: FastAPI, **ssl: str) -> tuple[uvicorn.Server, threading.Thread, int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **ssl))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    return uv, thread, sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
