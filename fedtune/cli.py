@@ -353,7 +353,7 @@ def _export(args: argparse.Namespace) -> int:
         drop = 100 * (report["fp32_accuracy"] - report["int8_accuracy"])
         line += (
             f"; test accuracy {report['int8_accuracy']:.3f} vs fp32 "
-            f"{report['fp32_accuracy']:.3f} ({drop:+.1f} points lost, "
+            f"{report['fp32_accuracy']:.3f} ({drop:.1f} points lost, "
             f"{report['test_examples']} texts of the run's test split)"
         )
     else:
