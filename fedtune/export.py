@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 from transformers import AutoModelForSequenceClassification
 
 from fedtune.atomic import save_dir_atomic, write_json
@@ -23,8 +24,8 @@ def size_mb(model_dir: Path) -> float:
     return sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e6
 
 
-def test_accuracy(predictor: Predictor, run_dir: Path) -> tuple[float, int] | None:
-    """Accuracy on the test split of the run in `run_dir` (None: not a simulated run's)."""
+def run_test_split(run_dir: Path) -> tuple[datasets.Dataset, tuple[str, ...]] | None:
+    """The test split and label names of the simulated run in `run_dir` (None: not one)."""
     scenario_file = run_dir / "scenario.json"
     if not scenario_file.is_file():
         return None
@@ -32,17 +33,19 @@ def test_accuracy(predictor: Predictor, run_dir: Path) -> tuple[float, int] | No
     if scenario.data.eval_source is not None:  # deployed: the data is on the clients
         return None
     fed = federated_data(scenario)
-    test = fed.test
+    return fed.test, fed.label_names
+
+
+def accuracy(predictor: Predictor, test: datasets.Dataset, label_names: tuple[str, ...]) -> float:
+    """The predictor's accuracy on `test` (texts, labels and a fusion model's features)."""
     features = None
     if predictor.spec is not None:
         names = predictor.feature_names
         columns = [test[name] for name in names]
         features = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
     predictions = predictor.predict(list(test[TEXT]), features)
-    right = sum(
-        p["label"] == fed.label_names[y] for p, y in zip(predictions, test[LABEL], strict=True)
-    )
-    return right / len(test), len(test)
+    right = sum(p["label"] == label_names[y] for p, y in zip(predictions, test[LABEL], strict=True))
+    return right / len(test)
 
 
 def export_int8(model_dir: Path, out: Path) -> dict:
@@ -68,10 +71,10 @@ def export_int8(model_dir: Path, out: Path) -> dict:
         raise ExportError(f"{out}: cannot write: {exc.strerror or exc}") from None
     report: dict = {"method": "dynamic-int8", "model": str(model_dir), "export": str(out)}
     report.update({"fp32_mb": size_mb(model_dir), "int8_mb": size_mb(out)})
-    run_dir = model_dir.resolve().parent
-    before, after = test_accuracy(fp32, run_dir), test_accuracy(Predictor(out), run_dir)
-    if before is not None and after is not None:
-        report.update({"test_examples": before[1], "fp32_accuracy": before[0]})
-        report["int8_accuracy"] = after[0]
+    split = run_test_split(model_dir.resolve().parent)
+    if split is not None:
+        test, label_names = split
+        report.update({"test_examples": len(test), "fp32_accuracy": accuracy(fp32, *split)})
+        report["int8_accuracy"] = accuracy(Predictor(out), test, label_names)
     write_json(out / REPORT, report)
     return report
