@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 if TYPE_CHECKING:
     from fedtune.reporting import Progress
@@ -136,18 +137,13 @@ class ObservedGrid(GridView):
         taken, self.exchanges = self.exchanges, []
         return taken
 
-    def identify(self, timeout: float) -> None:
-        """Ask every node for its partition id (one query message each), so that nodes are
-        listed, and so sampled, in partition order: simulation node ids are random per run,
-        so only then does the seeded sampling pick the same clients in every run."""
-        messages = [
-            Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
-            for node in self.grid.get_node_ids()
-        ]
-        for reply in self.grid.send_and_receive(messages, timeout=timeout):  # not observed
-            metrics = reply.content.metric_records.get("metrics", {}) if reply.has_content() else {}
-            if "partition-id" in metrics:
-                self.partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
+    def identify(self, num_nodes: int, timeout: float) -> None:
+        """Learn every node's partition id, so that nodes are listed, and so sampled, in
+        partition order: simulation node ids are random per run, so only then does the
+        seeded sampling pick the same clients in every run. In simulation the in-memory
+        LinkState says it at no cost; elsewhere each node is asked (one query message)."""
+        in_simulation = simulated_partitions(self.grid, num_nodes, timeout)
+        self.partition_of = in_simulation or queried_partitions(self.grid, timeout)
 
     def get_node_ids(self) -> Iterable[int]:
         unknown = len(self.partition_of)  # nodes that did not say: after the others
@@ -180,6 +176,33 @@ class ObservedGrid(GridView):
         bytes_up = {r.metadata.src_node_id: payload_bytes(r) for r in replies if r.has_content()}
         self.exchanges.append(Exchange(kind, server_round, total, replies, bytes_down, bytes_up))
         return replies
+
+
+def queried_partitions(grid: Grid, timeout: float) -> dict[int, int]:
+    """Each node's answer to an identify query (nodes that do not say are left out)."""
+    messages = [
+        Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in grid.get_node_ids()
+    ]
+    partition_of = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):  # not observed
+        metrics = reply.content.metric_records.get("metrics", {}) if reply.has_content() else {}
+        if "partition-id" in metrics:
+            partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
+    return partition_of
+
+
+def simulated_partitions(grid: Grid, num_nodes: int, timeout: float) -> dict[int, int]:
+    """Partition ids of a simulation's `num_nodes` nodes ({} outside one): Flower's
+    Simulation Engine registers the node of partition i as the i-th node of its in-memory
+    LinkState (`vce_api._register_nodes`), which keeps nodes in registration order. The
+    ServerApp may start before registration ends: wait for it (up to `timeout`)."""
+    if not isinstance(grid, InMemoryGrid):
+        return {}
+    deadline = time.monotonic() + timeout
+    while len(nodes := grid.state.get_node_info()) < num_nodes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {info.node_id: pid for pid, info in enumerate(nodes)}
 
 
 @dataclass

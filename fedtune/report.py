@@ -115,6 +115,10 @@ def plot_client_spread(run: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+NAMED_CLIENT_ROWS = 40
+"""The partition heat map names up to this many clients, one row each."""
+
+
 def plot_partition(run: dict, path: Path) -> Path | None:
     """Heat map of label counts per client."""
     table = run.get("partition")
@@ -123,10 +127,14 @@ def plot_partition(run: dict, path: Path) -> Path | None:
     labels = table["labels"]
     counts = [[c["label_counts"][label] for label in labels] for c in table["clients"]]
     names = [c["name"] for c in table["clients"]]
-    fig, ax = plt.subplots(figsize=(FIGURE_SIZE[0], max(2.5, 0.35 * len(names) + 1.5)))
-    image = ax.imshow(counts, aspect="auto", cmap="Blues")
+    rows = min(len(names), NAMED_CLIENT_ROWS)  # beyond that, a fixed-size map of indices
+    fig, ax = plt.subplots(figsize=(FIGURE_SIZE[0], max(2.5, 0.35 * rows + 1.5)))
+    image = ax.imshow(counts, aspect="auto", cmap="Blues", interpolation="nearest")
     ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(names)), names)
+    if len(names) <= NAMED_CLIENT_ROWS:
+        ax.set_yticks(range(len(names)), names)
+    else:
+        ax.set_ylabel("client (partition id)")
     if len(names) * len(labels) <= 200:
         for i, row in enumerate(counts):
             for j, value in enumerate(row):

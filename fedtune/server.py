@@ -138,7 +138,9 @@ class FederatedRun:
             Progress(fl.rounds, quiet=self.quiet) as self.progress,
         ):
             self.grid = ObservedGrid(self.grid, self.progress)
-            self.grid.identify(fl.round_timeout)  # before any RNG state is saved or restored
+            self.grid.identify(
+                self.scenario.partition.num_clients, fl.round_timeout
+            )  # before any RNG state is saved or restored
             if self.scenario.training.class_weights == "federated":
                 counts = federation_label_counts(
                     self.grid, self.server.label_names, fl.round_timeout

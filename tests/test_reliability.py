@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
@@ -699,3 +700,32 @@ def test_resume_survives_a_kill_between_the_checkpoint_renames(tmp_path: Path) -
     np.testing.assert_array_equal(checkpoint.weights["w"], weights["w"])
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         load_checkpoint(tmp_path / "elsewhere")
+
+
+def test_simulation_partition_ids_read_from_the_link_state_match_the_nodes_answers() -> None:
+    """The server learns partition ids from the in-memory LinkState instead of asking 1,000
+    nodes; this checks that what it reads is what every node says of itself."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedtune.client import app as client_app
+    from fedtune.exchange import queried_partitions, simulated_partitions
+
+    seen = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        seen["read"] = simulated_partitions(grid, num_nodes=6, timeout=60)
+        seen["asked"] = queried_partitions(grid, timeout=60)
+
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=6,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+    )
+    assert sorted(seen["asked"].values()) == list(range(6))
+    assert seen["read"] == seen["asked"]
+    assert simulated_partitions(Mock(spec=Grid), 6, 60) == {}  # not simulated: ask

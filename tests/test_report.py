@@ -12,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedtune.cli import main
-from fedtune.report import DPI, FIGURE_SIZE, make_figures
+from fedtune.report import DPI, FIGURE_SIZE, NAMED_CLIENT_ROWS, make_figures, plot_partition
 from fedtune.reporting import RunRecorder
 
 LABELS = ["negative", "neutral", "positive"]
@@ -104,6 +104,26 @@ def test_run_end_writes_figures_and_tensorboard(make_scenario, tmp_path: Path) -
     accuracy = [e.value for e in events.Scalars("central/accuracy")]
     assert accuracy == pytest.approx([0.3, 0.6, 0.8])
     assert "federated/eval_accuracy" in events.Tags()["scalars"]
+
+
+def test_the_partition_map_of_a_thousand_clients_keeps_the_size_of_a_forty_client_one(
+    tmp_path: Path,
+) -> None:
+    """One 35-pixel row per client would make a 35,000-pixel image (and 100+ MB of server
+    memory) for a cross-device federation."""
+    heights = {}
+    for clients in (NAMED_CLIENT_ROWS, 1000):
+        table = {
+            "labels": ["a", "b"],
+            "clients": [
+                {"name": f"client-{i}", "label_counts": {"a": i % 7, "b": 3}}
+                for i in range(clients)
+            ],
+        }
+        path = plot_partition({"partition": table}, tmp_path / f"{clients}.png")
+        assert_png(path)
+        heights[clients] = Image.open(path).size[1]
+    assert heights[1000] == heights[NAMED_CLIENT_ROWS] < 20 * DPI
 
 
 def test_epsilon_plot_when_dp_metrics_exist(make_scenario, tmp_path: Path) -> None:
