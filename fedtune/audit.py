@@ -15,7 +15,7 @@ its ε, PEFT method and codec. Two attacks, run only against the simulated clien
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
@@ -30,6 +30,7 @@ from fedtune.codecs import decode, encode
 from fedtune.config import Scenario, load_scenario
 from fedtune.data import client_splits, federated_data, make_loader, tokenize
 from fedtune.errors import FedtuneError
+from fedtune.inversion import invert_update
 from fedtune.model import load_model, load_tokenizer, shared_weights
 from fedtune.strategies.deltas import update_norm
 from fedtune.train import pick_device, train_steps
@@ -151,10 +152,15 @@ def observed_update(
 
 
 def inversion_audit(
-    scenario: Scenario, label_names: tuple[str, ...], batch_size: int, batches: int
+    scenario: Scenario,
+    label_names: tuple[str, ...],
+    batch_size: int,
+    batches: int,
+    steps: int = 0,
 ) -> dict:
     """Token recovery from `batches` replayed updates of `batch_size` texts each (the
-    first texts of clients 0, 1, ...), averaged."""
+    first texts of clients 0, 1, ...), averaged: by the word-embedding rows, and with
+    `steps` > 0 also by `steps` iterations of gradient matching (`fedtune.inversion`)."""
     tokenizer = load_tokenizer(scenario.model.name)
     fed = federated_data(scenario)
     model = load_model(
@@ -163,7 +169,7 @@ def inversion_audit(
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     special = set(tokenizer.all_special_ids)
     rng = np.random.default_rng(scenario.seed)
-    scores, rouges = [], []
+    rows, matched = [], []
     for i in range(batches):
         train, _ = client_splits(
             fed, i % scenario.partition.num_clients, scenario.data.val_size, scenario.seed
@@ -171,23 +177,44 @@ def inversion_audit(
         texts = train.select(range(min(batch_size, len(train))))
         tokens = tokenize(texts, tokenizer, scenario.model.max_length, scenario.data.tabular)
         sequence = [int(t) for ids in tokens["input_ids"] for t in ids if int(t) not in special]
+        loader = make_loader(tokens, tokenizer, batch_size)
         model.load_state_dict(initial)
-        update = observed_update(scenario, model, make_loader(tokens, tokenizer, batch_size), rng)
-        scores.append(token_scores(recovered_tokens(update, special), set(sequence)))
-        rouges.append(rouge_l(recovered_sequence(update, special), sequence))
-    return {
+        update = observed_update(scenario, model, loader, rng)
+        rows.append(
+            recovery(
+                recovered_sequence(update, special), recovered_tokens(update, special), sequence
+            )
+        )
+        if steps:
+            model.load_state_dict(initial)
+            batch = next(iter(loader))
+            found = invert_update(
+                model, update, batch["labels"], batch["attention_mask"], steps, scenario.seed + i
+            )
+            found = [t for ids in found for t in ids if t not in special]
+            matched.append(recovery(found, set(found), sequence))
+    result = {
         "attack": "word-embedding rows of one client's update (bag of words)",
         "batch_size": batch_size,
         "batches": batches,
         "view": "released: clipped and noised" if scenario.privacy.dp.enabled else "as received",
         "embeddings_in_update": embedding_key(shared_weights(model, scenario.model.peft))
         is not None,
-        **{
-            k: float(np.mean([getattr(s, k) for s in scores]))
-            for k in ("precision", "recall", "f1")
-        },
-        "rouge_l": float(np.mean(rouges)),
+        **mean_recovery(rows),
     }
+    if steps:
+        result["gradient_matching"] = {"steps": steps, **mean_recovery(matched)}
+    return result
+
+
+def recovery(recovered: list[int], token_set: set[int], truth: list[int]) -> dict:
+    """Token precision, recall, F1 (of `token_set`) and ROUGE-L (of `recovered`)."""
+    scores = token_scores(token_set, set(truth))
+    return {**asdict(scores), "rouge_l": rouge_l(recovered, truth)}
+
+
+def mean_recovery(rows: list[dict]) -> dict:
+    return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
 
 
 @torch.inference_mode()
@@ -250,7 +277,11 @@ def membership_audit(
 
 
 def audit_run(
-    run_dir: Path, batch_size: int | None = None, batches: int = 8, max_examples: int = 500
+    run_dir: Path,
+    batch_size: int | None = None,
+    batches: int = 8,
+    max_examples: int = 500,
+    inversion_steps: int = 100,
 ) -> dict:
     """Both attacks on a finished simulated run; the result, also written to audit.json."""
     from fedtune.report import read_run
@@ -279,6 +310,7 @@ def audit_run(
             tuple(predictor.labels),
             batch_size or scenario.training.batch_size,
             batches,
+            inversion_steps,
         ),
         "membership": membership_audit(
             scenario, predictor.model, predictor.tokenizer, max_examples

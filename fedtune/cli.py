@@ -70,15 +70,24 @@ def _count(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> int:
-    """An integer of at least 1."""
+def _at_least(minimum: int, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    """An integer of at least 1."""
+    return _at_least(1, text)
+
+
+def _non_negative(text: str) -> int:
+    """An integer of at least 0."""
+    return _at_least(0, text)
 
 
 def _port(text: str) -> int:
@@ -184,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive, help="texts per attacked update (default: the run's)"
     )
     audit.add_argument("--batches", type=_positive, default=8, help="updates attacked (default 8)")
+    audit.add_argument(
+        "--inversion-steps",
+        type=_non_negative,
+        default=100,
+        help="gradient-matching steps per attacked update (default 100; 0: word rows only)",
+    )
     audit.add_argument(
         "--max-examples",
         type=_positive,
@@ -581,14 +596,18 @@ def _report_call(call: Callable[[], Path], what: str) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from fedtune.audit import AUDIT_FILE, audit_run
 
-    result = audit_run(Path(args.run_dir), args.batch_size, args.batches, args.max_examples)
+    result = audit_run(
+        Path(args.run_dir), args.batch_size, args.batches, args.max_examples, args.inversion_steps
+    )
     inv, mem = result["inversion"], result["membership"]
     epsilon = "no DP" if result["epsilon"] is None else f"epsilon {result['epsilon']:.2f}"
+    matched = inv.get("gradient_matching")
+    matching = f", gradient matching F1 {matched['f1']:.3f}" if matched else ""
     print(
         f"audit of {args.run_dir} ({epsilon}, peft {result['peft']}, codec {result['codec']}): "
         f"token recovery F1 {inv['f1']:.3f} (precision {inv['precision']:.3f}, recall "
-        f"{inv['recall']:.3f}, ROUGE-L {inv['rouge_l']:.3f}, batch size {inv['batch_size']}); "
-        f"membership AUC {mem['auc']:.3f}, "
+        f"{inv['recall']:.3f}, ROUGE-L {inv['rouge_l']:.3f}, batch size {inv['batch_size']})"
+        f"{matching}; membership AUC {mem['auc']:.3f}, "
         f"TPR {mem['tpr_at_1pct_fpr']:.3f} at 1% FPR; {Path(args.run_dir) / AUDIT_FILE}"
     )
     return 0

@@ -350,35 +350,32 @@ def write_report(run_dir: Path) -> Path:
 
 
 def _audit_section(audit: dict) -> list[str]:
-    """`fedtune audit`'s results beside the run's epsilon, PEFT method and codec."""
+    """`fedtune audit`'s results beside the run's epsilon, PEFT method and codec: one row
+    per inversion attack (word rows; gradient matching when it ran)."""
     inv, member = audit["inversion"], audit["membership"]
+    attacks = {"word-embedding rows": inv}
+    if "gradient_matching" in inv:
+        matched = inv["gradient_matching"]
+        attacks[f"gradient matching, {matched['steps']} steps"] = matched
+    rows = [
+        [
+            "-" if audit["epsilon"] is None else audit["epsilon"],
+            audit["peft"],
+            audit["codec"],
+            inv["batch_size"],
+            attack,
+            f"{found['precision']:.3f} / {found['recall']:.3f} / {found['f1']:.3f}",
+            found["rouge_l"],
+            member["auc"],
+            member["tpr_at_1pct_fpr"],
+        ]
+        for attack, found in attacks.items()
+    ]
+    header = ["epsilon", "PEFT", "codec", "batch size", "inversion", "token P / R / F1"]
     return [
         "## Privacy audit (`fedtune audit`)",
-        _markdown_table(
-            [
-                "epsilon",
-                "PEFT",
-                "codec",
-                "batch size",
-                "token recovery P / R / F1",
-                "ROUGE-L",
-                "membership AUC",
-                "TPR at 1% FPR",
-            ],
-            [
-                [
-                    "-" if audit["epsilon"] is None else audit["epsilon"],
-                    audit["peft"],
-                    audit["codec"],
-                    inv["batch_size"],
-                    f"{inv['precision']:.3f} / {inv['recall']:.3f} / {inv['f1']:.3f}",
-                    inv["rouge_l"],
-                    member["auc"],
-                    member["tpr_at_1pct_fpr"],
-                ]
-            ],
-        ),
-        f"Inversion: {inv['attack']}, {inv['batches']} updates, {inv['view']}. Membership: "
+        _markdown_table([*header, "ROUGE-L", "membership AUC", "TPR at 1% FPR"], rows),
+        f"Inversion: {inv['batches']} updates, {inv['view']}. Membership: "
         f"{member['members']} members against {member['non_members']} held-out texts.",
     ]
 
