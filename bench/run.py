@@ -215,7 +215,7 @@ def _peak_pss_mb(cmd: list[str]) -> float:
 def p5_memory(quick: bool, work: Path) -> dict:
     """Peak memory of a run with N existing clients, 10 sampled per round (tiny model)."""
     model = tiny_model(work / "tiny-bert")
-    peaks = {}
+    peaks, startup = {}, {}
     for clients in (100, 1000):
         overrides = {
             "model.name": model,
@@ -231,7 +231,13 @@ def p5_memory(quick: bool, work: Path) -> dict:
         for key, value in overrides.items():
             cmd += ["--set", f"{key}={json.dumps(value)}"]
         peaks[clients] = round(_peak_pss_mb(cmd), 1)
-    return {"p5_peak_rss_mb": peaks, "growth_1000_vs_100": peaks[1000] / peaks[100]}
+        first = (work / f"p5-{clients}" / "metrics.jsonl").read_text().splitlines()[0]
+        startup[clients] = json.loads(first)["seconds"]  # round 0: start-up + evaluation
+    return {
+        "p5_peak_rss_mb": peaks,
+        "growth_1000_vs_100": peaks[1000] / peaks[100],
+        "p5_round0_seconds": startup,
+    }
 
 
 def p6_gpu(clients: int = 4) -> dict:
@@ -347,6 +353,8 @@ def print_table(results: dict) -> None:
         )
     for clients, mb in results.get("p5_peak_rss_mb", {}).items():
         rows.append((f"P5 peak memory, {clients} clients (10/round)", f"{mb:,.0f} MB"))
+    for clients, seconds in results.get("p5_round0_seconds", {}).items():
+        rows.append((f"P5 round 0 (start-up + evaluation), {clients} clients", f"{seconds:.1f} s"))
     if "p6" in results:
         p6 = results["p6"]
         rows.append(
