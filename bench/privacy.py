@@ -4,7 +4,7 @@ full fine-tuning, LoRA, top-k compression and LoRA + DP (token recovery F1 at ba
 and 8, membership AUC).
 
     python bench/privacy.py                 # resumable: recorded commands are not rerun
-    python bench/privacy.py --only dp       # the DP table alone (or: --only audit)
+    python bench/privacy.py --only dp       # the DP table alone (or: audit, memory)
     python bench/privacy.py --dp-rows 2     # its first 2 rows (the scenario's, no DP)
     python bench/privacy.py --quick         # 2 rounds / 400 tweets: a smoke run
     python bench/privacy.py --fresh         # rerun every command
@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from quality import Cache, Invocation, execute, run_dir_for, run_fedtune  # noqa: E402
+from run import peak_memory  # noqa: E402
 
 DP_SCENARIO = "dp_cross_device"
 DP_ROWS: dict[str, dict] = {
@@ -42,6 +43,8 @@ AUDIT_ROWS: dict[str, tuple[str, dict]] = {
     ),
     "FFA-LoRA + DP, noise 1.0 (dp_cross_device)": (DP_SCENARIO, {}),
 }
+MEMORY_CLIENTS, MEMORY_SAMPLED = (600, 6000), 60
+"""The DP scenario's memory check: 600 and 6,000 existing clients, about 60 drawn per round."""
 AUDIT_BATCH_SIZES = {
     1: ("--batches", "2", "--inversion-steps", "200"),
     8: ("--batches", "1", "--inversion-steps", "100"),
@@ -136,11 +139,32 @@ def audit_table(quick: bool, cache: Cache, work: Path) -> list[str]:
     return lines
 
 
+def memory_table(quick: bool, cache: Cache, work: Path) -> list[str]:
+    """Peak memory of the DP scenario (tiny model, 2 rounds) with 10x the existing clients."""
+    small, large = MEMORY_CLIENTS
+    key = f"memory {DP_SCENARIO} {small} vs {large} clients" + (" [quick]" if quick else "")
+    if not cache.usable(key):
+        print(f"$ {key}", flush=True)
+        cache.put(key, peak_memory(DP_SCENARIO, MEMORY_CLIENTS, MEMORY_SAMPLED, 2, work))
+    found = cache.get(key)
+    peaks, startup = found["peak_mb"], found["round0_s"]
+    return [
+        f"## Memory with existing clients (`{DP_SCENARIO}`, tiny model, 2 rounds, "
+        f"about {MEMORY_SAMPLED} drawn per round)",
+        "",
+        "| existing clients | peak memory (PSS, process tree) | round 0 (start-up + evaluation) |",
+        "| --- | --- | --- |",
+        *(f"| {n:,} | {peaks[str(n)]:,.0f} MB | {startup[str(n)]:.1f} s |" for n in (small, large)),
+        "",
+        f"Growth {large:,} vs {small:,}: x{found['growth']:.3f}.",
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run on small data")
     parser.add_argument("--fresh", action="store_true", help="rerun recorded commands")
-    parser.add_argument("--only", choices=("dp", "audit"), help="one table")
+    parser.add_argument("--only", choices=("dp", "audit", "memory"), help="one table")
     parser.add_argument(
         "--dp-rows", type=int, default=len(DP_ROWS), help="the first N rows of the DP table"
     )
@@ -154,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += [*dp_table(args.quick, cache, work, args.dp_rows), ""]
     if args.only in (None, "audit"):
         lines += [*audit_table(args.quick, cache, work), ""]
+    if args.only in (None, "memory"):
+        lines += [*memory_table(args.quick, cache, work), ""]
     (HERE / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

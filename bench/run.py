@@ -212,31 +212,42 @@ def _peak_pss_mb(cmd: list[str]) -> float:
     return peak
 
 
-def p5_memory(quick: bool, work: Path) -> dict:
-    """Peak memory of a run with N existing clients, 10 sampled per round (tiny model)."""
+def peak_memory(
+    scenario: str, counts: tuple[int, int], sampled: int, rounds: int, work: Path
+) -> dict:
+    """Peak memory (PSS of the process tree) and round-0 seconds of `scenario` (tiny model,
+    all the data) with each of `counts` existing clients, `sampled` drawn per round."""
     model = tiny_model(work / "tiny-bert")
     peaks, startup = {}, {}
-    for clients in (100, 1000):
+    for clients in counts:
+        out = work / f"{scenario}-{clients}"
         overrides = {
             "model.name": model,
             "data.max_samples": None,
             "partition.num_clients": clients,
-            "federation.fraction_train": 10 / clients,
-            "federation.fraction_evaluate": 10 / clients,
-            "federation.rounds": 2 if quick else 3,
-            "output.dir": str(work / f"p5-{clients}"),
+            "federation.fraction_train": sampled / clients,
+            "federation.fraction_evaluate": 0.0 if scenario != "quickstart" else sampled / clients,
+            "federation.rounds": rounds,
+            "output.dir": str(out),
             "output.save_model": False,
         }
-        cmd = [sys.executable, "-m", "fedtune.cli", "run", "quickstart", "--quiet"]
+        cmd = [sys.executable, "-m", "fedtune.cli", "run", scenario, "--quiet"]
         for key, value in overrides.items():
             cmd += ["--set", f"{key}={json.dumps(value)}"]
-        peaks[clients] = round(_peak_pss_mb(cmd), 1)
-        first = (work / f"p5-{clients}" / "metrics.jsonl").read_text().splitlines()[0]
-        startup[clients] = json.loads(first)["seconds"]  # round 0: start-up + evaluation
+        peaks[str(clients)] = round(_peak_pss_mb(cmd), 1)  # str keys: as JSON reads them back
+        first = (out / "metrics.jsonl").read_text().splitlines()[0]
+        startup[str(clients)] = json.loads(first)["seconds"]  # round 0: start-up + evaluation
+    growth = peaks[str(counts[1])] / peaks[str(counts[0])]
+    return {"peak_mb": peaks, "growth": growth, "round0_s": startup}
+
+
+def p5_memory(quick: bool, work: Path) -> dict:
+    """Peak memory of a run with 100 and 1,000 existing clients, 10 sampled per round."""
+    found = peak_memory("quickstart", (100, 1000), 10, 2 if quick else 3, work)
     return {
-        "p5_peak_rss_mb": peaks,
-        "growth_1000_vs_100": peaks[1000] / peaks[100],
-        "p5_round0_seconds": startup,
+        "p5_peak_rss_mb": found["peak_mb"],
+        "growth_1000_vs_100": found["growth"],
+        "p5_round0_seconds": found["round0_s"],
     }
 
 
