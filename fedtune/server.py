@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Strategy, strategy_utils
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -29,9 +29,22 @@ from fedtune.strategies.factory import build_strategy
 from fedtune.strategies.privacy import privacy_spent
 from fedtune.train import evaluate, pick_device
 
+SAMPLING = random.Random()
+"""The generator Flower's strategies sample nodes with (`strategy_utils.random.sample`), in
+place of the module-level one: Ray's start-up draws from that one in the simulation's main
+thread while the ServerApp runs, so which nodes a round drew depended on timing, and a
+resumed run drew others."""
+
+
+def seed_sampling(seed: int, server_round: int, phase: str) -> None:
+    """Seed node sampling for one phase ("train", "evaluate") of one round: the draw
+    depends on nothing but the scenario's seed, the round and the nodes."""
+    strategy_utils.random = SAMPLING  # sample_nodes calls random.sample(...)
+    SAMPLING.seed(f"{seed}:{server_round}:{phase}")
+
 
 def seed_everything(seed: int) -> None:
-    """Seed Python (Flower's node sampling), numpy and torch in this process."""
+    """Seed Python, numpy and torch in this process (node sampling: `seed_sampling`)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -169,6 +182,7 @@ class FederatedRun:
     def train_round(self, server_round: int) -> ArrayRecord:
         """Train on the sampled clients; the new global weights' record."""
         arrays = to_record(self.weights)
+        seed_sampling(self.scenario.seed, server_round, "train")
         outcome = self.train(server_round, arrays, self.grid)
         self.record(outcome.exchange)
         self.recorder.reject(outcome.rejected)
@@ -185,6 +199,7 @@ class FederatedRun:
 
     def evaluate_round(self, server_round: int, arrays: ArrayRecord) -> None:
         """Federated evaluation on the sampled clients' validation splits."""
+        seed_sampling(self.scenario.seed, server_round, "evaluate")
         messages = self.strategy.configure_evaluate(server_round, arrays, self.config, self.grid)
         replies = self.grid.send_and_receive(
             messages, timeout=self.scenario.federation.round_timeout
