@@ -187,10 +187,7 @@ def inversion_audit(
         )
         if steps:
             model.load_state_dict(initial)
-            batch = next(iter(loader))
-            found = invert_update(
-                model, update, batch["labels"], batch["attention_mask"], steps, scenario.seed + i
-            )
+            found = invert_update(model, update, next(iter(loader)), steps, scenario.seed + i)
             found = [t for ids in found for t in ids if t not in special]
             matched.append(recovery(found, set(found), sequence))
     result = {

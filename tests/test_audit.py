@@ -96,9 +96,7 @@ def test_gradient_matching_recovers_a_batch_from_its_gradient_and_not_from_noise
         }
         truth = set(batch["input_ids"][0].tolist()) - set(tokenizer.all_special_ids)
         for name, update in updates.items():
-            (found,) = invert_update(
-                model, update, batch["labels"], batch["attention_mask"], steps=300, seed=0
-            )
+            (found,) = invert_update(model, update, batch, steps=300, seed=0)
             assert len(found) == len(batch["input_ids"][0])
             f1[name].append(token_scores(set(found), truth).f1)
     assert np.mean(f1["gradient"]) >= 0.6 and np.mean(f1["noise"]) <= 0.25, f1

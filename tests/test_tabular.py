@@ -18,9 +18,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from fedtune import fusion
+from fedtune.audit import inversion_audit
 from fedtune.cli import main
 from fedtune.client import build_client_app
-from fedtune.data import build_federated_data, load_node_file, tokenize
+from fedtune.data import build_federated_data, federated_data, load_node_file, tokenize
 from fedtune.errors import DataError
 from fedtune.model import load_model, load_tokenizer, trainable_weights
 from fedtune.records import from_record, to_record
@@ -303,3 +304,13 @@ def test_bad_split_and_group_columns_are_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not Path(scenario.output.dir).exists()
+
+
+def test_gradient_matching_runs_on_a_fusion_model_given_its_features(tabular_scenario) -> None:
+    """The audit's gradient matching feeds a fusion model its batch's tabular features (the
+    attacker is granted them, as the labels) and relaxed text."""
+    scenario = tabular_scenario()
+    labels = federated_data(scenario).label_names
+    found = inversion_audit(scenario, labels, batch_size=2, batches=1, steps=5)
+    assert found["gradient_matching"]["steps"] == 5
+    assert 0.0 <= found["gradient_matching"]["f1"] <= 1.0
