@@ -56,8 +56,9 @@ AUDIT_BATCH_SIZES = {
     1: ("--batches", "2", "--inversion-steps", "200"),
     8: ("--batches", "1", "--inversion-steps", "100"),
 }
-"""`fedtune audit` options per batch size: gradient matching costs about 0.35 s per step and
-text on 2 CPUs with MiniLM, so batch size 8 gets one update and fewer steps."""
+"""`fedtune audit` options per batch size: gradient matching costs about 0.35 s per step at
+batch size 1 on 2 CPUs with MiniLM, more at 8, so batch size 8 gets one update and fewer
+steps."""
 QUICK = {
     DP_SCENARIO: {"federation.rounds": 2},
     "quickstart": {"data.max_samples": 400, "federation.rounds": 1},
@@ -102,7 +103,7 @@ def dp_table(quick: bool, cache: Cache, work: Path, rows: int) -> list[str]:
     for name, overrides in list(DP_ROWS.items())[:rows]:
         record = run(DP_SCENARIO, overrides, quick, cache, work)
         if "error" in record:
-            lines.append(f"| {name} | {record['error']} | | | `{record['command']}` |")
+            lines.append(f"| {name} | {record['error']} | | | | `{record['command']}` |")
             continue
         final, epsilon = record["final"], record["privacy"].get("epsilon")
         majority = record.get("majority", {})
@@ -152,7 +153,7 @@ def memory_table(quick: bool, cache: Cache, work: Path) -> list[str]:
     key = f"memory {DP_SCENARIO} {small} vs {large} clients" + (" [quick]" if quick else "")
     if not cache.usable(key):
         print(f"$ {key}", flush=True)
-        cache.put(key, peak_memory(DP_SCENARIO, MEMORY_CLIENTS, MEMORY_SAMPLED, 2, work))
+        cache.put(key, peak_memory(DP_SCENARIO, MEMORY_CLIENTS, MEMORY_SAMPLED, 0, 2, work))
     found = cache.get(key)
     peaks, startup = found["peak_mb"], found["round0_s"]
     return [

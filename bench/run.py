@@ -213,10 +213,11 @@ def _peak_pss_mb(cmd: list[str]) -> float:
 
 
 def peak_memory(
-    scenario: str, counts: tuple[int, int], sampled: int, rounds: int, work: Path
+    scenario: str, counts: tuple[int, int], sampled: int, evaluated: int, rounds: int, work: Path
 ) -> dict:
     """Peak memory (PSS of the process tree) and round-0 seconds of `scenario` (tiny model,
-    all the data) with each of `counts` existing clients, `sampled` drawn per round."""
+    all the data) with each of `counts` existing clients, `sampled` drawn per round to train
+    and `evaluated` to evaluate."""
     model = tiny_model(work / "tiny-bert")
     peaks, startup = {}, {}
     for clients in counts:
@@ -226,7 +227,7 @@ def peak_memory(
             "data.max_samples": None,
             "partition.num_clients": clients,
             "federation.fraction_train": sampled / clients,
-            "federation.fraction_evaluate": 0.0 if scenario != "quickstart" else sampled / clients,
+            "federation.fraction_evaluate": evaluated / clients,
             "federation.rounds": rounds,
             "output.dir": str(out),
             "output.save_model": False,
@@ -243,7 +244,7 @@ def peak_memory(
 
 def p5_memory(quick: bool, work: Path) -> dict:
     """Peak memory of a run with 100 and 1,000 existing clients, 10 sampled per round."""
-    found = peak_memory("quickstart", (100, 1000), 10, 2 if quick else 3, work)
+    found = peak_memory("quickstart", (100, 1000), 10, 10, 2 if quick else 3, work)
     return {
         "p5_peak_rss_mb": found["peak_mb"],
         "growth_1000_vs_100": found["growth"],

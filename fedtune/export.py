@@ -74,7 +74,8 @@ def export_int8(model_dir: Path, out: Path) -> dict:
     split = run_test_split(model_dir.resolve().parent)
     if split is not None:
         test, label_names = split
-        report.update({"test_examples": len(test), "fp32_accuracy": accuracy(fp32, *split)})
+        report["test_examples"] = len(test)
+        report["fp32_accuracy"] = accuracy(fp32, test, label_names)
         report["int8_accuracy"] = accuracy(Predictor(out), test, label_names)
     write_json(out / REPORT, report)
     return report
