@@ -1,7 +1,8 @@
-"""Load check of `fedtune serve`, fp32 against its int8 export, side by side in one run:
-export the model (`fedtune export --quantize int8`, which measures both on the run's test
-split), then for each model start `fedtune serve`, send N concurrent one-text requests and
-print requests/s and latency percentiles, then the int8/fp32 throughput ratio.
+"""Load check of `fedtune serve`, fp32 against its int8 exports, side by side in one run:
+export the model (`fedtune export --quantize int8` and `--quantize onnx-int8`, each measured
+against fp32 on the run's test split), then for each model start `fedtune serve`, send N
+concurrent one-text requests and print requests/s and latency percentiles, then each
+export's throughput over fp32's.
 
     python bench/serve_load.py runs/<run>/model [--requests 200] [--port 8765] [--threads 2]
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
+EXPORTS = ("int8", "onnx-int8")
 TEXTS = [
     "@united thanks for the smooth flight, great crew!",
     "@americanair lost my bag again and nobody answers",
@@ -82,30 +84,35 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server")
     args = parser.parse_args()
+    paths, exports = {"fp32": args.model_dir}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        int8_dir = str(Path(tmp) / "int8")
-        export = [sys.executable, "-m", "fedtune.cli", "export", args.model_dir, int8_dir]
-        subprocess.run([*export, "--quantize", "int8"], check=True)
-        report = json.loads((Path(int8_dir) / "export.json").read_text())
+        for choice in EXPORTS:
+            paths[choice] = str(Path(tmp) / choice)
+            export = [sys.executable, "-m", "fedtune.cli", "export", args.model_dir, paths[choice]]
+            subprocess.run([*export, "--quantize", choice], check=True)
+            exports[choice] = json.loads((Path(paths[choice]) / "export.json").read_text())
         results = {
             name: measure(path, args.requests, args.port, args.threads)
-            for name, path in (("fp32", args.model_dir), ("int8", int8_dir))
+            for name, path in paths.items()
         }
     for name, r in results.items():
         print(
             f"{name}: {args.requests} concurrent requests: {r['requests_per_second']:.1f} "
             f"requests/s, latency p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms"
         )
-    ratio = results["int8"]["requests_per_second"] / results["fp32"]["requests_per_second"]
-    print(f"int8 / fp32 throughput: {ratio:.2f}x")
-    if "int8_accuracy" in report:
-        drop = 100 * (report["fp32_accuracy"] - report["int8_accuracy"])
-        print(
-            f"test accuracy: int8 {report['int8_accuracy']:.3f}, fp32 "
-            f"{report['fp32_accuracy']:.3f} ({drop:.1f} points lost)"
-        )
+    fp32 = results["fp32"]["requests_per_second"]
+    ratios = {choice: results[choice]["requests_per_second"] / fp32 for choice in EXPORTS}
+    for choice, report in exports.items():
+        line = f"{choice} / fp32 throughput: {ratios[choice]:.2f}x, {report['int8_mb']:.1f} MB"
+        if "int8_accuracy" in report:
+            drop = 100 * (report["fp32_accuracy"] - report["int8_accuracy"])
+            line += (
+                f"; test accuracy {report['int8_accuracy']:.3f} vs fp32 "
+                f"{report['fp32_accuracy']:.3f} ({drop:.1f} points lost)"
+            )
+        print(line)
     out = {"model": args.model_dir, "requests": args.requests, "threads": args.threads}
-    out.update({"results": results, "int8_over_fp32": ratio, "export": report})
+    out.update({"results": results, "over_fp32": ratios, "exports": exports})
     (HERE / "serve_load.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

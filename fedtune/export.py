@@ -1,6 +1,6 @@
-"""`fedtune export MODEL OUT --quantize int8`: a smaller, faster model for CPU inference, with
-what it costs: its size against the fp32 model's, and both models' accuracy on the run's
-test split (when MODEL is a run's `model/` directory). Written atomically, with
+"""`fedtune export MODEL OUT --quantize int8|onnx-int8`: a smaller, faster model for CPU
+inference, with what it costs: its size against the fp32 model's, and both models' accuracy
+on the run's test split (when MODEL is a run's `model/` directory). Written atomically, with
 `export.json` holding those figures."""
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from transformers import AutoModelForSequenceClassification
 from fedtune.atomic import save_dir_atomic, write_json
 from fedtune.config import load_scenario
 from fedtune.data import LABEL, TEXT, federated_data
-from fedtune.quantize import ExportError, is_quantized, save_int8
+from fedtune.quantize import QUANTIZATIONS, ExportError, quantization_of, save_quantized
 from fedtune.serving import Predictor
 
 REPORT = "export.json"
 
 
 def size_mb(model_dir: Path) -> float:
-    """The model directory's weight files, in MB."""
-    return sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e6
+    """The model directory's weight files (safetensors, ONNX), in MB."""
+    files = [*model_dir.glob("*.safetensors"), *model_dir.glob("*.onnx")]
+    return sum(p.stat().st_size for p in files) / 1e6
 
 
 def run_test_split(run_dir: Path) -> tuple[datasets.Dataset, tuple[str, ...]] | None:
@@ -48,11 +49,12 @@ def accuracy(predictor: Predictor, test: datasets.Dataset, label_names: tuple[st
     return right / len(test)
 
 
-def export_int8(model_dir: Path, out: Path) -> dict:
-    """Quantize the model in `model_dir` into `out`; return (and write) the export's report."""
+def export_quantized(model_dir: Path, out: Path, choice: str = "int8") -> dict:
+    """Quantize the model in `model_dir` into `out` (`QUANTIZATIONS[choice]`); return (and
+    write) the export's report."""
     if not (model_dir / "config.json").is_file():
         raise ExportError(f"{model_dir}: not a model directory (no config.json)")
-    if is_quantized(model_dir):
+    if quantization_of(model_dir):
         raise ExportError(f"{model_dir}: already a quantized export")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out}: already exists; choose a new directory")
@@ -60,7 +62,7 @@ def export_int8(model_dir: Path, out: Path) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)  # on the CPU
 
     def save(tmp: Path) -> None:
-        save_int8(model, tmp)
+        save_quantized(model, tmp, choice)
         fp32.tokenizer.save_pretrained(tmp)
 
     if out.is_dir():
@@ -69,7 +71,8 @@ def export_int8(model_dir: Path, out: Path) -> dict:
         save_dir_atomic(out, save)
     except OSError as exc:
         raise ExportError(f"{out}: cannot write: {exc.strerror or exc}") from None
-    report: dict = {"method": "dynamic-int8", "model": str(model_dir), "export": str(out)}
+    report: dict = {"method": QUANTIZATIONS[choice].method, "model": str(model_dir)}
+    report["export"] = str(out)
     report.update({"fp32_mb": size_mb(model_dir), "int8_mb": size_mb(out)})
     split = run_test_split(model_dir.resolve().parent)
     if split is not None:

@@ -37,7 +37,7 @@ from fedtune.errors import DataError, FedtuneError, first_line
 from fedtune.fusion import FusionConfig, TabularSpec, encode_tabular  # registers Auto* too
 from fedtune.model import ModelError
 from fedtune.monitoring import MULTIPROCESS_ENV, Observed, ServeMetrics, log_to_stderr
-from fedtune.quantize import is_quantized, load_int8
+from fedtune.quantize import load_quantized, quantization_of
 from fedtune.train import pick_device
 
 hf_logging.disable_progress_bar()  # no "Loading weights" bars in `fedtune predict` output
@@ -62,8 +62,8 @@ class Predictor:
             raise ModelError(f"{str(model_dir)!r} is not a model directory: it has no config.json")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            if is_quantized(path):  # `fedtune export --quantize int8`: CPU kernels
-                model, info, self.device = load_int8(path), {}, torch.device("cpu")
+            if quantization_of(path):  # `fedtune export --quantize ...`: CPU kernels
+                model, info, self.device = load_quantized(path), {}, torch.device("cpu")
             else:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
                     path, output_loading_info=True

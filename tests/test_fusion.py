@@ -186,3 +186,11 @@ def test_tabular_columns_batch_with_the_tokens() -> None:
     assert collated["categorical"].tolist() == encode_tabular(ROWS, SPEC)["categorical"].tolist()
     out = tiny_fusion()(**collated)
     assert out.logits.shape == (4, 2)
+
+
+def test_onnx_export_refuses_a_fusion_model_in_one_line(tmp_path: Path) -> None:
+    from fedtune.quantize import ExportError, save_quantized
+
+    with pytest.raises(ExportError, match="^onnx-int8 exports text-only models; use --quantize"):
+        save_quantized(tiny_fusion(), tmp_path, "onnx-int8")
+    assert not list(tmp_path.iterdir())  # nothing written
