@@ -57,6 +57,9 @@ class OnnxClassifier:
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # no busy-waiting between runs: its threads would take the cores the HTTP server and
+        # the tokenizer need
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(path / GRAPH), options, providers=["CPUExecutionProvider"]
         )
