@@ -118,7 +118,7 @@ class Quantization:
 
     method: str
     save: Callable[[PreTrainedModel, Path], dict]
-    load: Callable[[Path, PretrainedConfig], object]
+    load: Callable[[Path, PretrainedConfig], nn.Module | OnnxClassifier]
 
 
 QUANTIZATIONS = {
@@ -145,7 +145,7 @@ def quantization_of(path: Path) -> str | None:
     return None if mark is None else mark.get("method")
 
 
-def load_quantized(path: Path):
+def load_quantized(path: Path) -> nn.Module | OnnxClassifier:
     """The quantized export in `path`, in eval mode, on the CPU."""
     config = AutoConfig.from_pretrained(path)
     method = getattr(config, QUANTIZATION_KEY).get("method")
