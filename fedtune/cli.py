@@ -367,10 +367,10 @@ def _export(args: argparse.Namespace) -> int:
         f"{report['fp32_mb']:.1f} MB: {report['int8_mb'] / report['fp32_mb']:.2f}x)"
     )
     if "int8_accuracy" in report:
-        drop = 100 * (report["fp32_accuracy"] - report["int8_accuracy"])
+        change = 100 * (report["int8_accuracy"] - report["fp32_accuracy"])
         line += (
             f"; test accuracy {report['int8_accuracy']:.3f} vs fp32 "
-            f"{report['fp32_accuracy']:.3f} ({drop:.1f} points lost, "
+            f"{report['fp32_accuracy']:.3f} ({change:+.1f} points, "
             f"{report['test_examples']} texts of the run's test split)"
         )
     else:

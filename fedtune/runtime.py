@@ -313,8 +313,17 @@ def _capture_stop_event(sink: list[threading.Event]) -> Iterator[None]:
 
 def _stop_ray(descendants: list[tuple[int, str]]) -> None:
     """`ray.shutdown()` (at most RAY_SHUTDOWN_SECONDS), then SIGKILL every process of
-    `descendants` (pid, start time) that still runs: Ray's GCS, raylet and workers."""
+    `descendants` (pid, start time, parents first) that still runs: Ray's GCS, raylet,
+    agents and workers.
+
+    Two races, both seen here: Flower's simulation thread, still calling Ray, would start
+    a second cluster through Ray's auto-init once the first is shut down; and this driver
+    exits at once when its raylet dies, so the raylet's children (its agents) are killed
+    before it, children before parents."""
     import ray
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = False  # what RAY_ENABLE_AUTO_CONNECT=0 sets
 
     def shutdown() -> None:
         with contextlib.suppress(Exception):
@@ -324,7 +333,7 @@ def _stop_ray(descendants: list[tuple[int, str]]) -> None:
     helper.start()
     helper.join(RAY_SHUTDOWN_SECONDS)
     deadline = time.monotonic() + 5.0
-    for pid, started in descendants:
+    for pid, started in reversed(descendants):
         if _start_time(pid) == started:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -342,7 +351,8 @@ def _start_time(pid: int) -> str | None:
 
 
 def _descendants() -> list[tuple[int, str]]:
-    """(pid, start time) of every process below this one (Linux /proc; empty elsewhere)."""
+    """(pid, start time) of every process below this one, parents before their children
+    (Linux /proc; empty elsewhere)."""
     children: dict[int, list[int]] = {}
     started: dict[int, str] = {}
     with contextlib.suppress(OSError):

@@ -114,6 +114,7 @@ def test_a_run_whose_clients_all_fail_exits_1(make_scenario, tmp_path: Path) -> 
 # ------------------------------------------------------------------ Ctrl-C and SIGTERM
 
 ROUNDS = 5
+RAY_LATEST_SESSION = Path("/tmp/ray/session_latest")  # where Ray links its newest cluster
 
 
 def _descendants(pid: int) -> dict[psutil.Process, str]:
@@ -155,6 +156,7 @@ def _interrupt(make_scenario, tmp_path: Path, signum: int, whole_group: bool) ->
     started |= _descendants(proc.pid)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     assert "raylet" in started.values(), sorted(started.values())
+    session = RAY_LATEST_SESSION.resolve()
     sent = time.monotonic()
     if whole_group:
         os.killpg(proc.pid, signum)  # what Ctrl-C in a terminal does
@@ -178,7 +180,8 @@ def _interrupt(make_scenario, tmp_path: Path, signum: int, whole_group: bool) ->
     for process in started:  # never leave them to the next test
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-    assert not left, f"processes left running: {left}"
+    assert not left, f"processes left running: {left}; exit {proc.returncode}: {err[-2000:]}"
+    assert RAY_LATEST_SESSION.resolve() == session, "a second Ray cluster started in the stop"
     return proc.returncode, out, err, seconds, run_dir
 
 
@@ -198,6 +201,51 @@ def test_one_ctrl_c_stops_the_run_and_it_resumes(make_scenario, tmp_path: Path) 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [h["round"] for h in summary["history"]] == list(range(ROUNDS + 1))
+
+
+class DriverExited(Exception):
+    """Raised where Ray's driver would exit: its raylet has just died."""
+
+
+def test_the_stop_kills_children_before_their_parents(monkeypatch) -> None:
+    """Ray's driver exits the moment its raylet dies, so the stop kills the raylet's own
+    children (Ray's agents) before the raylet."""
+    from ray._private import auto_init_hook
+
+    raylet = subprocess.Popen([sys.executable, "-c", RAYLET], stdout=subprocess.PIPE, text=True)
+    agent = psutil.Process(int(raylet.stdout.readline()))
+    tree = [d for d in runtime._descendants() if d[0] in (raylet.pid, agent.pid)]
+    kill = os.kill
+
+    def kill_and_exit_with_the_raylet(pid: int, signum: int) -> None:
+        kill(pid, signum)
+        if pid == raylet.pid:
+            raise DriverExited  # the worst case of the race: no kill after this one
+
+    monkeypatch.setattr(auto_init_hook, "enable_auto_connect", auto_init_hook.enable_auto_connect)
+    monkeypatch.setattr(os, "kill", kill_and_exit_with_the_raylet)
+    with contextlib.suppress(DriverExited):
+        runtime._stop_ray(tree)
+    monkeypatch.undo()
+    try:
+        deadline = time.monotonic() + 5
+        with contextlib.suppress(psutil.NoSuchProcess):
+            while agent.is_running() and agent.status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline, "the raylet's child outlived the stop"
+                time.sleep(0.05)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            agent.kill()
+        raylet.kill()
+        raylet.wait()
+
+
+RAYLET = """
+import subprocess, sys
+agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(agent.pid, flush=True)
+agent.wait()
+"""
 
 
 def test_one_sigterm_stops_the_run_resumably(make_scenario, tmp_path: Path) -> None:

@@ -84,6 +84,8 @@ def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> Non
     assert report["test_examples"] == supports
     assert report["fp32_accuracy"] == pytest.approx(summary["final"]["accuracy"], abs=1e-6)
     assert 0 <= report["int8_accuracy"] <= 1
+    change = 100 * (report["int8_accuracy"] - report["fp32_accuracy"])
+    assert f"vs fp32 {report['fp32_accuracy']:.3f} ({change:+.1f} points, " in export.stdout
 
 
 def test_centralized_baseline(make_scenario, tmp_path: Path) -> None:
