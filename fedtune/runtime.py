@@ -316,10 +316,10 @@ def _stop_ray(descendants: list[tuple[int, str]]) -> None:
     `descendants` (pid, start time, parents first) that still runs: Ray's GCS, raylet,
     agents and workers.
 
-    Two races, both seen here: Flower's simulation thread, still calling Ray, would start
-    a second cluster through Ray's auto-init once the first is shut down; and this driver
-    exits at once when its raylet dies, so the raylet's children (its agents) are killed
-    before it, children before parents."""
+    Two races: Flower's simulation thread, still calling Ray, would start a second cluster
+    through Ray's auto-init once the first is shut down; and this driver exits at once when
+    its raylet dies, so the raylet's children (its agents) are killed before it: children
+    before parents."""
     import ray
     from ray._private import auto_init_hook
 
