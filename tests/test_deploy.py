@@ -363,6 +363,24 @@ def test_docker_compose_clientapps_use_a_warm_worker() -> None:
             assert "exec flower-superexec" in start
 
 
+def test_docker_image_owns_the_directories_the_supernodes_name() -> None:
+    """Flower's images run as uid 49999 (`app`), which cannot create directories under `/`:
+    the fedtune image creates each worker socket's directory and cache directory, owned by
+    app (a real compose run failed on both before)."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    (created,) = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if "install -d" in line
+    ]
+    for pid in (0, 1):
+        node_config = next(
+            arg for arg in services[f"supernode-{pid}"]["command"] if "--node-config" in arg
+        )
+        socket_dir = Path(node_config.split('worker-socket="')[1].split('"')[0]).parent
+        cache_dir = node_config.split('cache-dir="')[1].split('"')[0]
+        assert f"-o app -g app {socket_dir}" in created
+        assert f"-o app -g app {cache_dir}" in created
+
+
 def test_server_with_its_own_eval_file_never_reads_the_clients_data(
     make_scenario, run_local, monkeypatch, tmp_path: Path
 ) -> None:
