@@ -346,15 +346,20 @@ def test_docker_compose_file_is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _node_setting(services: dict, pid: int, key: str) -> str:
+    """A string setting of `supernode-<pid>`'s `--node-config` in the compose file."""
+    node_config = next(
+        arg for arg in services[f"supernode-{pid}"]["command"] if "--node-config" in arg
+    )
+    return node_config.split(f'{key}="')[1].split('"')[0]
+
+
 def test_docker_compose_clientapps_use_a_warm_worker() -> None:
     """Each node's SuperNode names the worker socket that its ClientApp container's
     entrypoint starts `fedtune worker` on (next to Flower's SuperExec)."""
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     for pid in (0, 1):
-        node_config = next(
-            arg for arg in services[f"supernode-{pid}"]["command"] if "--node-config" in arg
-        )
-        socket_path = node_config.split('worker-socket="')[1].split('"')[0]
+        socket_path = _node_setting(services, pid, "worker-socket")
         for name in (f"superexec-clientapp-{pid}", f"superexec-clientapp-{pid}-gpu"):
             if name not in services:
                 continue
@@ -372,11 +377,8 @@ def test_docker_image_owns_the_directories_the_supernodes_name() -> None:
         line for line in (ROOT / "Dockerfile").read_text().splitlines() if "install -d" in line
     ]
     for pid in (0, 1):
-        node_config = next(
-            arg for arg in services[f"supernode-{pid}"]["command"] if "--node-config" in arg
-        )
-        socket_dir = Path(node_config.split('worker-socket="')[1].split('"')[0]).parent
-        cache_dir = node_config.split('cache-dir="')[1].split('"')[0]
+        socket_dir = Path(_node_setting(services, pid, "worker-socket")).parent
+        cache_dir = _node_setting(services, pid, "cache-dir")
         assert f"-o app -g app {socket_dir}" in created
         assert f"-o app -g app {cache_dir}" in created
 
