@@ -82,12 +82,13 @@ def call(path: str, kind: str, msg: Message, context: Context, startup: float) -
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(path)
-            _send(
-                sock,
-                json.dumps(header).encode(),
-                serde.message_to_proto(msg).SerializeToString(),
-                serde.context_to_proto(context).SerializeToString(),
-            )
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                _send(  # a worker that refuses us closes before reading: its reason waits
+                    sock,
+                    json.dumps(header).encode(),
+                    serde.message_to_proto(msg).SerializeToString(),
+                    serde.context_to_proto(context).SerializeToString(),
+                )
             reply = json.loads(_receive(sock))
             if "error" in reply:
                 raise WorkerError(f"the node's worker ({path}): {reply['error']}")

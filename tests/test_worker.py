@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +19,12 @@ import yaml
 from conftest import node_context
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from fedtune import worker as worker_module
 from fedtune.client import ClientError, build_client_app
 from fedtune.data import build_federated_data
 from fedtune.model import load_model, trainable_weights
 from fedtune.records import from_record, to_record
-from fedtune.worker import WORKER_SOCKET, WorkerSocketError, listen
+from fedtune.worker import WORKER_SOCKET, WorkerError, WorkerSocketError, listen
 
 READY = "listening on"
 
@@ -108,22 +110,50 @@ def test_the_socket_is_owner_only_and_other_users_are_refused(worker) -> None:
     if os.getuid() != 0:  # only root can act as another user here
         return
     probe = (
-        "import os, socket, sys\n"
+        "import os, socket, sys, time\n"
         "os.setgid(65534); os.setuid(65534)\n"
         "s = socket.socket(socket.AF_UNIX)\n"
         "try:\n"
         "    s.connect(sys.argv[1])\n"
         "except PermissionError:\n"
         "    print('no permission'); sys.exit()\n"
-        "s.sendall(b'x')\n"
+        "time.sleep(0.5)  # the worker refuses before reading: it has closed by now\n"
+        "try:\n"
+        "    s.sendall(b'x')\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"
+        "    pass\n"
         "print(s.recv(4096)[8:].decode())\n"
     )
     run = [sys.executable, "-c", probe, str(path)]
     os.chmod(path.parent, 0o755)
     assert subprocess.run(run, capture_output=True, text=True).stdout.strip() == "no permission"
     os.chmod(path, 0o666)  # even then, the worker checks who connects
-    answer = subprocess.run(run, capture_output=True, text=True).stdout
-    assert "refused a connection from user id 65534" in answer
+    answer = subprocess.run(run, capture_output=True, text=True)
+    assert "refused a connection from user id 65534" in answer.stdout, answer.stderr
+
+
+def test_a_refused_client_hears_why_even_when_its_send_fails(monkeypatch) -> None:
+    """The worker refuses before reading, so a message bigger than the socket's buffer fails
+    mid-send; the ClientApp still reports the worker's reason, not a broken pipe."""
+    monkeypatch.setattr(worker_module, "peer_uid", lambda conn: 65534)
+    path = Path(tempfile.mkdtemp(prefix="fedtune-test-")) / "w.sock"
+    listener = listen(path)
+
+    def refuse_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            worker_module._answer(conn, {}, lambda run_config: None)
+
+    thread = threading.Thread(target=refuse_one)
+    thread.start()
+    weights = {"w": np.zeros(4 << 20, np.float32)}  # 16 MB, far past the socket's buffer
+    big = Message(RecordDict({"arrays": to_record(weights)}), dst_node_id=1, message_type="train")
+    try:
+        with pytest.raises(WorkerError, match="refused a connection from user id 65534"):
+            worker_module.call(str(path), "train", big, node_context(2), 0.0)
+    finally:
+        thread.join(timeout=30)
+        listener.close()
 
 
 def test_a_second_worker_on_a_live_socket_is_refused(worker) -> None:
