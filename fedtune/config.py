@@ -23,7 +23,16 @@ from pydantic_core import PydanticCustomError
 from fedtune.bounded_yaml import YamlTooLarge, safe_load
 from fedtune.errors import FedtuneError, cut, first_line, short
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+def _shipped_scenario_dir() -> Path:
+    """The shipped scenarios: inside the package when installed from a wheel, else the
+    source tree's (or the Flower App bundle's) top-level `scenarios/`."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "scenarios"
+    return packaged if packaged.is_dir() else here.parent / "scenarios"
+
+
+SCENARIO_DIR = _shipped_scenario_dir()
 MAX_SCENARIO_BYTES = 256 * 1024
 """Largest scenario file read (shipped ones are about 1.5 KB)."""
 MAX_SEED = 2**31 - 1
