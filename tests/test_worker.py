@@ -132,7 +132,7 @@ def test_the_socket_is_owner_only_and_other_users_are_refused(worker) -> None:
     assert "refused a connection from user id 65534" in answer.stdout, answer.stderr
 
 
-def test_a_refused_client_hears_why_even_when_its_send_fails(monkeypatch) -> None:
+def test_a_refused_client_hears_why_even_when_its_send_fails(monkeypatch, task_identity) -> None:
     """The worker refuses before reading, so a message bigger than the socket's buffer fails
     mid-send; the ClientApp still reports the worker's reason, not a broken pipe."""
     monkeypatch.setattr(worker_module, "peer_uid", lambda conn: 65534)
@@ -144,7 +144,7 @@ def test_a_refused_client_hears_why_even_when_its_send_fails(monkeypatch) -> Non
         with conn:
             worker_module._answer(conn, {}, lambda run_config: None)
 
-    thread = threading.Thread(target=refuse_one)
+    thread = threading.Thread(target=refuse_one, daemon=True)  # never holds up pytest
     thread.start()
     weights = {"w": np.zeros(4 << 20, np.float32)}  # 16 MB, far past the socket's buffer
     big = Message(RecordDict({"arrays": to_record(weights)}), dst_node_id=1, message_type="train")
