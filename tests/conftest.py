@@ -24,6 +24,9 @@ from fedtune.client import ClientError, build_client_app
 from fedtune.config import scenario_from_dict
 from fedtune.server import run_server
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository's root (the tests read its scenarios, README and packaging files)."""
+
 WORDS = {
     "negative": ["late", "lost", "rude", "cancelled", "delayed", "awful"],
     "neutral": ["flight", "gate", "seat", "ticket", "boarding", "today"],

@@ -7,9 +7,9 @@ import ast
 import re
 import sys
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 PACKAGE = ROOT / "fedtune"
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {

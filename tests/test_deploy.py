@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fedtune, write_toy_corpus
+from conftest import ROOT, fedtune, write_toy_corpus
 from cryptography import x509
 from test_end_to_end import check_outputs
 
 from fedtune.config import scenario_from_dict
 from fedtune.deploy import Host, Launcher, Processes, deploy, free_port, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
 
 AUDIT = """
 import json, os, sys

@@ -11,9 +11,9 @@ import sysconfig
 import tomllib
 from pathlib import Path
 
-from fedtune.config import SCENARIO_DIR
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+from fedtune.config import SCENARIO_DIR
 
 
 def test_the_package_list_names_every_package() -> None:
