@@ -1,14 +1,14 @@
 """What deployment costs beyond training, side by side in one run: the quickstart scenario
 (400 samples, 2 clients, 2 rounds) under `fedtune run` (simulation), `fedtune deploy` (a
-fresh ClientApp process per message, importing fedtune.node on each) and `fedtune deploy
---worker` (a warm worker per node). Per client message, from metrics.jsonl:
+fresh ClientApp process per message, importing fedtune.federation.client.node on each) and `fedtune
+deploy --worker` (a warm worker per node). Per client message, from metrics.jsonl:
 
     overhead = startup_seconds + client_seconds - work seconds
     (work: train_seconds for train messages; for evaluate, client_seconds - setup_seconds)
 
 and the mean round time of each against the simulation's. Also the import time of the
-ClientApp module (`fedtune.client`) against that of the node's heavy module (`fedtune.node`,
-what the ClientApp module imported before it was made thin).
+ClientApp module (`fedtune.federation.client.app`) against that of the node's heavy module
+(`fedtune.federation.client.node`, what the ClientApp module imported before it was made thin).
 
     python bench/deploy_overhead.py [--rounds 2] [--samples 400] [--set KEY=VALUE ...]
                                     [--output bench/deploy_overhead.json]
@@ -89,7 +89,14 @@ def main() -> int:
         "federation.min_available_nodes=2",
         *args.overrides,
     ]
-    imports = {m: import_seconds(m) for m in ("fedtune.client", "fedtune.node", "flwr.clientapp")}
+    imports = {
+        m: import_seconds(m)
+        for m in (
+            "fedtune.federation.client.app",
+            "fedtune.federation.client.node",
+            "flwr.clientapp",
+        )
+    }
     with tempfile.TemporaryDirectory() as tmp:
         results = {name: measure(mode, overrides, Path(tmp)) for name, mode in MODES.items()}
     simulated = results["simulation"]["mean_round_seconds"]

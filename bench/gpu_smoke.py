@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from fedtune.config import TrainingConfig
-from fedtune.train import autocast_dtype, evaluate, pick_device, train_steps
+from fedtune.modeling.train import autocast_dtype, evaluate, pick_device, train_steps
 
 WORDS = [["late", "rude", "lost"], ["gate", "seat", "today"], ["great", "love", "thanks"]]
 

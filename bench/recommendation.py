@@ -66,7 +66,7 @@ def scenario(quick: bool):
 
 def scored(y: np.ndarray, p_like: np.ndarray, groups: list) -> dict:
     """The table's metrics for probabilities of `like` (label 1)."""
-    from fedtune.metrics import binary_metrics, ranking_metrics
+    from fedtune.modeling.metrics import binary_metrics, ranking_metrics
 
     probs = np.stack([1 - p_like, p_like], axis=1)
     return {
@@ -81,7 +81,7 @@ def baselines(quick: bool) -> dict[str, dict]:
     (and boosting on every training row, for what more data buys it)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from fedtune.data import build_federated_data
+    from fedtune.data.corpus import build_federated_data
 
     s = scenario(quick)
     fed = build_federated_data(s)

@@ -37,10 +37,15 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-from fedtune.client import build_client_app
 from fedtune.config import load_scenario
-from fedtune.data import client_splits, federated_data, tokenize
-from fedtune.model import load_model, load_tokenizer, resolve_model_source, trainable_weights
+from fedtune.data.corpus import client_splits, federated_data, tokenize
+from fedtune.federation.client.app import build_client_app
+from fedtune.modeling.model import (
+    load_model,
+    load_tokenizer,
+    resolve_model_source,
+    trainable_weights,
+)
 from fedtune.records import to_record
 
 HERE = Path(__file__).resolve().parent
@@ -277,8 +282,8 @@ def _gpu_workers(n: int) -> list[dict]:
 
 def gpu_worker() -> None:
     """One client's local training on the GPU (bf16), printing samples/s and peak memory."""
-    from fedtune.data import make_loader
-    from fedtune.train import train_steps
+    from fedtune.data.corpus import make_loader
+    from fedtune.modeling.train import train_steps
 
     scenario = load_scenario("quickstart", {"training.precision": "bf16"})
     fed = federated_data(scenario)

@@ -30,7 +30,7 @@ from fedtune.config import (
     parse_override,
 )
 from fedtune.errors import FedtuneError
-from fedtune.run_dir import check_output_dir
+from fedtune.runs.directory import check_output_dir
 
 MAX_CERT_NODES = 10_000
 MAX_TEXT_CHARS = 100_000
@@ -334,7 +334,7 @@ def _predict(args: argparse.Namespace) -> int:
     path = _check_text_file(args.file) if args.file else None
     if not args.texts and path is None:
         raise UsageError("give texts as arguments or --file FILE")
-    from fedtune import serving
+    from fedtune.serve import app as serving
 
     predictor = serving.Predictor(args.model_dir)
 
@@ -359,7 +359,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from fedtune.export import export_quantized
+    from fedtune.serve.export import export_quantized
 
     report = export_quantized(Path(args.model_dir), Path(args.out_dir), args.quantize)
     line = (
@@ -380,7 +380,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fedtune import serving
+    from fedtune.serve import app as serving
 
     serving.serve(
         args.model_dir,
@@ -455,13 +455,13 @@ def _headline(final: dict, majority: dict | None) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     scenario = _scenario(args, args.resume)
-    from fedtune import runtime  # heavy imports only once the input is valid
+    from fedtune.launch import simulation  # heavy imports only once the input is valid
 
     try:
-        summary = runtime.run_federated(
+        summary = simulation.run_federated(
             scenario, args.quiet, args.verbose, bool(args.resume), args.ray_address
         )
-    except runtime.Interrupted as exc:
+    except simulation.Interrupted as exc:
         _interrupted_run(exc)
     return _finished(summary)
 
@@ -470,7 +470,7 @@ def _interrupted_run(exc: KeyboardInterrupt) -> NoReturn:
     """One line, then end the process now: the simulation's ServerApp thread may still be
     waiting for replies that will never come (its Ray processes are gone)."""
     run_dir = getattr(exc, "run_dir", None)
-    from fedtune.checkpoint import checkpoint_dir  # loaded already: the run had started
+    from fedtune.runs.checkpoint import checkpoint_dir  # loaded already: the run had started
 
     resumable = run_dir is not None and checkpoint_dir(run_dir) is not None
     if sys.stderr.isatty():
@@ -486,21 +486,21 @@ def _interrupted_run(exc: KeyboardInterrupt) -> NoReturn:
 
 def _centralized(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
-    from fedtune import runtime
+    from fedtune.launch import simulation
 
-    return _finished(runtime.run_centralized(scenario, args.quiet))
+    return _finished(simulation.run_centralized(scenario, args.quiet))
 
 
 def _local(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
-    from fedtune import runtime
+    from fedtune.launch import simulation
 
-    return _finished(runtime.run_local_only(scenario, args.quiet))
+    return _finished(simulation.run_local_only(scenario, args.quiet))
 
 
 def _deploy(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
-    from fedtune import deploy
+    from fedtune.launch import deploy
 
     try:
         summary = deploy.deploy(scenario, args.insecure, args.quiet, worker=args.worker)
@@ -511,7 +511,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from fedtune import worker
+    from fedtune.federation.client import worker
 
     path = Path(args.socket).absolute()
     worker.serve(path, lambda: print(f"fedtune worker: listening on {path}", flush=True))
@@ -526,7 +526,7 @@ HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){LABEL}(\.{LABEL})*$")
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from fedtune.certs import make_certs
+    from fedtune.launch.certs import make_certs
 
     for name in args.names:
         try:
@@ -563,7 +563,7 @@ def _shards(args: argparse.Namespace) -> int:
         target = out / f"node-{pid}" / "data.jsonl"
         if target.exists() or target.parent.is_file():
             raise UsageError(f"{target}: already exists; choose a new directory")
-    from fedtune.deploy import write_node_files
+    from fedtune.launch.deploy import write_node_files
 
     try:
         for path in write_node_files(scenario, out):
@@ -579,7 +579,7 @@ def _shards(args: argparse.Namespace) -> int:
 def _report_call(call: Callable[[], Path], what: str) -> int:
     """Run a report writer: a run directory it cannot read is its RunDirError; one whose
     files lack what a report needs, or an output it cannot write, is one line too."""
-    from fedtune.report import RunDirError
+    from fedtune.runs.report import RunDirError
 
     try:
         print(call())
@@ -596,7 +596,7 @@ def _report_call(call: Callable[[], Path], what: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from fedtune.audit import AUDIT_FILE, audit_run
+    from fedtune.audit.privacy import AUDIT_FILE, audit_run
 
     result = audit_run(
         Path(args.run_dir), args.batch_size, args.batches, args.max_examples, args.inversion_steps
@@ -616,7 +616,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from fedtune import report
+    from fedtune.runs import report
 
     return _report_call(lambda: report.write_report(Path(args.run_dir)), args.run_dir)
 
@@ -630,7 +630,7 @@ def _compare(args: argparse.Namespace) -> int:
     for name in COMPARE_FILES:
         if (out / name).exists():
             raise UsageError(f"{out / name}: already exists; choose another --output")
-    from fedtune import report
+    from fedtune.runs import report
 
     return _report_call(lambda: report.compare(run_dirs, out), str(out))
 

@@ -75,8 +75,8 @@ class PeftSettings(Section):
     """Parameter-efficient fine-tuning with HF `peft`: only the adapters and the
     classification head train and travel; the frozen backbone never leaves a node."""
 
-    method: Annotated[str, registered("fedtune.adapters", "ADAPTERS", "none")] = "none"
-    """A method registered in `fedtune.adapters.ADAPTERS` (lora, ffa_lora, fedsa_lora, loha,
+    method: Annotated[str, registered("fedtune.modeling.adapters", "ADAPTERS", "none")] = "none"
+    """A method registered in `fedtune.modeling.adapters.ADAPTERS` (lora, ffa_lora, fedsa_lora, loha,
     lokr, ia3), or `none`."""
     rank: int = Field(8, ge=1)
     """Adapter rank (`lora`, `ffa_lora`, `loha`, `lokr`)."""
@@ -90,7 +90,7 @@ class PeftSettings(Section):
     ia3: key, value, output.dense)."""
     rank_per_client: tuple[Annotated[int, Field(ge=1)], ...] | None = None
     """`lora` only: client i trains adapters of rank `rank_per_client[i]` (one per client), and
-    the server aggregates their exact products (see `fedtune.adapters.ranks`); `rank` is then
+    the server aggregates their exact products (see `fedtune.modeling.adapters.ranks`); `rank` is then
     unused by the clients."""
 
 
@@ -111,7 +111,7 @@ class NumericFeature(Section):
 
 class TabularConfig(Section):
     """Tabular features read beside the text: the model becomes a text + tabular fusion
-    classifier (`fedtune.fusion`). Categories and scales are declared here, so no process
+    classifier (`fedtune.modeling.fusion`). Categories and scales are declared here, so no process
     ever pools the clients' rows to learn them."""
 
     numeric: dict[str, NumericFeature] = {}
@@ -166,8 +166,8 @@ class DataConfig(Section):
 
 
 class PartitionConfig(Section):
-    kind: Annotated[str, registered("fedtune.partitioners", "PARTITIONERS")] = "iid"
-    """A kind registered in `fedtune.partitioners.PARTITIONERS`: iid, dirichlet, shard,
+    kind: Annotated[str, registered("fedtune.data.partitioners", "PARTITIONERS")] = "iid"
+    """A kind registered in `fedtune.data.partitioners.PARTITIONERS`: iid, dirichlet, shard,
     pathological, natural."""
     num_clients: int = Field(4, ge=1)
     alpha: float = Field(0.5, gt=0.0)
@@ -191,7 +191,7 @@ class ClientResources(Section):
 
 class FederationConfig(Section):
     strategy: str = "fedavg"
-    """A strategy registered in `fedtune.strategies.STRATEGIES`, by lower-case name (all of
+    """A strategy registered in `fedtune.federation.strategies.STRATEGIES`, by lower-case name (all of
     Flower's `flwr.serverapp.strategy`)."""
     strategy_params: dict[str, float | int | str | bool] = {}
     """Keyword arguments of that strategy, e.g. `{proximal_mu: 0.01}` for fedprox; checked
@@ -219,7 +219,7 @@ class FederationConfig(Section):
     @field_validator("strategy")
     @classmethod
     def _registered(cls, name: str) -> str:
-        from fedtune.strategies import STRATEGIES  # imports flwr; only when validating
+        from fedtune.federation.strategies import STRATEGIES  # imports flwr; only when validating
 
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
@@ -228,7 +228,7 @@ class FederationConfig(Section):
     @field_validator("strategy_params")
     @classmethod
     def _fit_strategy(cls, params: dict, info: ValidationInfo) -> dict:
-        from fedtune.strategies.params import check_strategy_params  # imports flwr
+        from fedtune.federation.strategies.params import check_strategy_params  # imports flwr
 
         name = info.data.get("strategy")
         return params if name is None else check_strategy_params(name, params)
@@ -293,8 +293,8 @@ class TrainingConfig(Section):
 class CodecConfig(Section):
     """How a client's update travels to the server (the global model goes down as float32)."""
 
-    kind: Annotated[str, registered("fedtune.codecs", "CODECS")] = "none"
-    """A codec registered in `fedtune.codecs.CODECS`. `none`: float32; `fp16`/`bf16`: half
+    kind: Annotated[str, registered("fedtune.federation.codecs", "CODECS")] = "none"
+    """A codec registered in `fedtune.federation.codecs.CODECS`. `none`: float32; `fp16`/`bf16`: half
     precision; `int8`: 8-bit with a float32 scale per block; `topk`: only the
     largest-magnitude entries of each tensor, with their indices; `onebit`: each entry's sign
     (1 bit) with a float32 mean magnitude per block."""
@@ -345,8 +345,8 @@ class FaultsConfig(Section):
 class AttackConfig(Section):
     """Simulated Byzantine clients: a seeded `fraction` of the clients is malicious."""
 
-    kind: Annotated[str, registered("fedtune.attacks", "ATTACKS")] = "none"
-    """An attack registered in `fedtune.attacks.ATTACKS`. `label_flip`: train on labels
+    kind: Annotated[str, registered("fedtune.federation.attacks", "ATTACKS")] = "none"
+    """An attack registered in `fedtune.federation.attacks.ATTACKS`. `label_flip`: train on labels
     shifted by one class; `sign_flip`: send `-scale` times the honest update; `scale`: send
     `scale` times it; `gaussian_noise`: send N(0, noise_std)."""
     fraction: float = Field(0.2, ge=0.0, le=1.0)

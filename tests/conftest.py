@@ -20,9 +20,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from fedtune.client import ClientError, build_client_app
 from fedtune.config import scenario_from_dict
-from fedtune.server import run_server
+from fedtune.federation.client.app import ClientError, build_client_app
+from fedtune.federation.server.app import run_server
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository's root (the tests read its scenarios, README and packaging files)."""

@@ -13,7 +13,8 @@ import torch
 from conftest import LocalGrid
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fedtune.audit import (
+from fedtune.audit.inversion import invert_update
+from fedtune.audit.privacy import (
     AUDIT_FILE,
     TokenScores,
     example_losses,
@@ -25,11 +26,10 @@ from fedtune.audit import (
 )
 from fedtune.cli import main
 from fedtune.config import TrainingConfig
-from fedtune.data import client_splits, federated_data, make_loader, tokenize
-from fedtune.inversion import invert_update
-from fedtune.model import load_model, load_tokenizer
-from fedtune.server import run_server
-from fedtune.train import train_steps
+from fedtune.data.corpus import client_splits, federated_data, make_loader, tokenize
+from fedtune.federation.server.app import run_server
+from fedtune.modeling.model import load_model, load_tokenizer
+from fedtune.modeling.train import train_steps
 
 
 def test_token_scores() -> None:
@@ -197,7 +197,7 @@ def test_audit_refuses_what_it_cannot_attack(
 def test_an_audit_it_cannot_write_is_one_line(
     make_scenario, task_identity, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedtune.audit
+    import fedtune.audit.privacy
 
     scenario = make_scenario(federation={"rounds": 1}, output={"tensorboard": False})
     run_dir = Path(scenario.output.dir)
@@ -206,7 +206,7 @@ def test_an_audit_it_cannot_write_is_one_line(
     def full_disk(path, data):  # noqa: ANN001, ANN202
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fedtune.audit, "write_json", full_disk)
+    monkeypatch.setattr(fedtune.audit.privacy, "write_json", full_disk)
     assert main(["audit", str(run_dir), "--batches", "1", "--max-examples", "8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"fedtune: error: {run_dir / AUDIT_FILE}: cannot write: No space left on device"

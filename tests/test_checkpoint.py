@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import LocalGrid
 
-from fedtune.checkpoint import CheckpointError, load_checkpoint
 from fedtune.cli import main
-from fedtune.server import run_server
+from fedtune.federation.server.app import run_server
+from fedtune.runs.checkpoint import CheckpointError, load_checkpoint
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fedtune"
 

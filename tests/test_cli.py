@@ -17,9 +17,10 @@ import psutil
 import pytest
 from conftest import fedtune, write_scenario
 
-from fedtune import cli, deploy, runtime
-from fedtune.checkpoint import load_checkpoint
+from fedtune import cli
 from fedtune.cli import COMMANDS, main
+from fedtune.launch import deploy, simulation
+from fedtune.runs.checkpoint import load_checkpoint
 
 
 def test_every_command_has_one_handler() -> None:
@@ -45,9 +46,9 @@ def test_output_dirs_are_checked_before_anything_starts(
         raise AssertionError("started despite a bad output directory")
 
     for target, name in (
-        (runtime, "run_federated"),
-        (runtime, "run_centralized"),
-        (runtime, "check_inputs"),
+        (simulation, "run_federated"),
+        (simulation, "run_centralized"),
+        (simulation, "check_inputs"),
         (deploy, "deploy"),
     ):
         monkeypatch.setattr(target, name, never)
@@ -88,7 +89,7 @@ def test_a_run_that_aggregated_nothing_exits_1(
         "final": {"accuracy": 0.3, "macro_f1": 0.1},
         "run_dir": str(tmp_path / "run"),
     }
-    monkeypatch.setattr(runtime, "run_federated", lambda *args: summary)
+    monkeypatch.setattr(simulation, "run_federated", lambda *args: summary)
     assert main(["run", str(path), "--quiet"]) == 1
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines() == [
@@ -96,7 +97,8 @@ def test_a_run_that_aggregated_nothing_exits_1(
         f"rejected); see {tmp_path / 'run' / 'run.log'}"
     ]
     assert captured.out == ""
-    monkeypatch.setattr(runtime, "run_federated", lambda *args: {**summary, "rounds_aggregated": 1})
+    one_round = {**summary, "rounds_aggregated": 1}
+    monkeypatch.setattr(simulation, "run_federated", lambda *args: one_round)
     assert main(["run", str(path), "--quiet"]) == 0
     assert "federated run of 'tiny': 2 rounds" in capsys.readouterr().out
 
@@ -214,7 +216,7 @@ def test_the_stop_kills_children_before_their_parents(monkeypatch) -> None:
 
     raylet = subprocess.Popen([sys.executable, "-c", RAYLET], stdout=subprocess.PIPE, text=True)
     agent = psutil.Process(int(raylet.stdout.readline()))
-    tree = [d for d in runtime._descendants() if d[0] in (raylet.pid, agent.pid)]
+    tree = [d for d in simulation._descendants() if d[0] in (raylet.pid, agent.pid)]
     kill = os.kill
 
     def kill_and_exit_with_the_raylet(pid: int, signum: int) -> None:
@@ -225,7 +227,7 @@ def test_the_stop_kills_children_before_their_parents(monkeypatch) -> None:
     monkeypatch.setattr(auto_init_hook, "enable_auto_connect", auto_init_hook.enable_auto_connect)
     monkeypatch.setattr(os, "kill", kill_and_exit_with_the_raylet)
     with contextlib.suppress(DriverExited):
-        runtime._stop_ray(tree)
+        simulation._stop_ray(tree)
     monkeypatch.undo()
     try:
         deadline = time.monotonic() + 5

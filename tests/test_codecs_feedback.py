@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedtune.codecs import ROUNDS, decode, encode, encode_with_feedback
 from fedtune.config import CodecConfig, ScenarioError, scenario_from_dict
+from fedtune.federation.codecs import ROUNDS, decode, encode, encode_with_feedback
 
 RNG = np.random.default_rng(1)
 UPDATE = {

@@ -12,7 +12,7 @@ from fedtune.config import (
     load_scenario,
     parse_override,
 )
-from fedtune.run_dir import check_output_dir
+from fedtune.runs.directory import check_output_dir
 
 REQUIRED_OVERRIDES = {
     "seed": ("3", 3),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedtune.config import DataConfig
-from fedtune.data import (
+from fedtune.data.corpus import (
     LABEL,
     DataError,
     build_federated_data,

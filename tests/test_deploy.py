@@ -20,7 +20,7 @@ from cryptography import x509
 from test_end_to_end import check_outputs
 
 from fedtune.config import scenario_from_dict
-from fedtune.deploy import Host, Launcher, Processes, deploy, free_port, wait_until
+from fedtune.launch.deploy import Host, Launcher, Processes, deploy, free_port, wait_until
 
 AUDIT = """
 import json, os, sys
@@ -392,7 +392,7 @@ def test_server_with_its_own_eval_file_never_reads_the_clients_data(
     def no_client_data(_scenario):
         raise AssertionError("server code read the clients' data.source")
 
-    monkeypatch.setattr("fedtune.server.federated_data", no_client_data)
+    monkeypatch.setattr("fedtune.federation.server.app.federated_data", no_client_data)
     summary = run_local(scenario)
     last = json.loads(Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()[-1])
     per_class = last["central"]["per_class"]

@@ -12,14 +12,14 @@ from conftest import fedtune, node_context, write_scenario
 from flwr.app import ConfigRecord, Message, RecordDict
 from transformers import AutoModelForSequenceClassification
 
-from fedtune.client import build_client_app
-from fedtune.codecs import decode, encode, encode_with_feedback
 from fedtune.config import CodecConfig, ScenarioError
-from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
-from fedtune.model import export_model, load_model, load_tokenizer, trainable_weights
-from fedtune.node import RESIDUAL, _loaded_model
+from fedtune.data.corpus import build_federated_data, client_splits, make_loader, tokenize
+from fedtune.federation.client.app import build_client_app
+from fedtune.federation.client.node import RESIDUAL, _loaded_model
+from fedtune.federation.codecs import decode, encode, encode_with_feedback
+from fedtune.federation.strategies.factory import build_strategy
+from fedtune.modeling.model import export_model, load_model, load_tokenizer, trainable_weights
 from fedtune.records import from_record, to_record
-from fedtune.strategies.factory import build_strategy
 
 RNG = np.random.default_rng(0)
 UPDATE = {

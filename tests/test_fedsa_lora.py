@@ -10,10 +10,10 @@ import pytest
 from conftest import LocalGrid
 from flwr.app import MessageType
 
-import fedtune.node
-from fedtune.node import PERSONAL
+import fedtune.federation.client.node
+from fedtune.federation.client.node import PERSONAL
+from fedtune.federation.server.app import FederatedRun
 from fedtune.records import from_record
-from fedtune.server import FederatedRun
 
 B = ".lora_B."
 
@@ -23,7 +23,7 @@ def test_b_never_leaves_a_node_and_each_node_evaluates_its_own(
 ) -> None:
     scenario = make_scenario(model={"peft": {"method": "fedsa_lora", "rank": 4}})
     evaluated_b: list[dict[str, np.ndarray]] = []
-    real_evaluate = fedtune.node.evaluate
+    real_evaluate = fedtune.federation.client.node.evaluate
 
     def spy(model, loader, device):  # noqa: ANN001, ANN202
         evaluated_b.append(
@@ -31,7 +31,7 @@ def test_b_never_leaves_a_node_and_each_node_evaluates_its_own(
         )
         return real_evaluate(model, loader, device)
 
-    monkeypatch.setattr(fedtune.node, "evaluate", spy)
+    monkeypatch.setattr(fedtune.federation.client.node, "evaluate", spy)
     grid = LocalGrid(scenario)
     run = FederatedRun(grid, scenario, tmp_path / "run", quiet=True, resume=False)
     assert run.run()["rounds_aggregated"] == 2
@@ -66,7 +66,7 @@ def test_personal_b_survives_a_fresh_node_process(
     before = from_record(grid.contexts[1].state.array_records[PERSONAL])
     node_dirs = sorted((tmp_path / "run" / "nodes").iterdir())
     assert len(node_dirs) == 2
-    from fedtune.node_state import restore_state
+    from fedtune.federation.client.state import restore_state
 
     state = type(grid.contexts[1].state)()
     restore_state(state, node_dirs[0] / "state", scenario.federation.rounds + 1)

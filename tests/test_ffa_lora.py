@@ -12,12 +12,12 @@ import torch
 from conftest import LocalGrid
 from flwr.app import MessageType
 
-from fedtune.codecs import encode
-from fedtune.data import build_federated_data
-from fedtune.model import load_model, trainable_weights
-from fedtune.node import _loaded_model
+from fedtune.data.corpus import build_federated_data
+from fedtune.federation.client.node import _loaded_model
+from fedtune.federation.codecs import encode
+from fedtune.federation.server.app import FederatedRun
+from fedtune.modeling.model import load_model, trainable_weights
 from fedtune.records import to_record
-from fedtune.server import FederatedRun
 
 HEAD = ".classifier.modules_to_save."
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast, DataCollatorWithPadding
 
-from fedtune.data import DataError
-from fedtune.fusion import (
+from fedtune.data.corpus import DataError
+from fedtune.modeling.fusion import (
     CategoricalColumn,
     FusionConfig,
     FusionModel,
@@ -189,7 +189,7 @@ def test_tabular_columns_batch_with_the_tokens() -> None:
 
 
 def test_onnx_export_refuses_a_fusion_model_in_one_line(tmp_path: Path) -> None:
-    from fedtune.quantize import ExportError, save_quantized
+    from fedtune.serve.quantize import ExportError, save_quantized
 
     with pytest.raises(ExportError, match="^onnx-int8 exports text-only models; use --quantize"):
         save_quantized(tiny_fusion(), tmp_path, "onnx-int8")

@@ -12,13 +12,13 @@ import torch
 from conftest import WORDS, LocalGrid, tiny_bert
 from flwr.app import MessageType
 
-import fedtune.node
+import fedtune.federation.client.node
 from fedtune.cli import _headline
 from fedtune.config import TrainingConfig
-from fedtune.metrics import majority_baseline
-from fedtune.server import FederatedRun
-from fedtune.statistics import LABEL_COUNTS
-from fedtune.train import class_weights, evaluate, train_steps
+from fedtune.federation.server.app import FederatedRun
+from fedtune.federation.statistics import LABEL_COUNTS
+from fedtune.modeling.metrics import majority_baseline
+from fedtune.modeling.train import class_weights, evaluate, train_steps
 
 LABELS = list(WORDS)
 
@@ -44,7 +44,7 @@ def toy_data(counts: dict[str, int], seed: int = 0) -> tuple[datasets.Dataset, o
 
 
 def loader_of(ds: datasets.Dataset, tokenizer, batch_size: int, seed: int | None = None):
-    from fedtune.data import make_loader
+    from fedtune.data.corpus import make_loader
 
     return make_loader(ds, tokenizer, batch_size, seed)
 
@@ -131,13 +131,13 @@ def test_federated_class_weights_come_from_every_nodes_label_counts(
         training={"class_weights": "federated"},
     )
     used = []
-    real_train_steps = fedtune.node.train_steps
+    real_train_steps = fedtune.federation.client.node.train_steps
 
     def spy(*args, label_counts=None, **kwargs):  # noqa: ANN002, ANN003, ANN202
         used.append(label_counts)
         return real_train_steps(*args, label_counts=label_counts, **kwargs)
 
-    monkeypatch.setattr(fedtune.node, "train_steps", spy)
+    monkeypatch.setattr(fedtune.federation.client.node, "train_steps", spy)
     grid = LocalGrid(scenario)
     run = FederatedRun(grid, scenario, tmp_path / "run", quiet=True, resume=False)
     run.run()
@@ -154,7 +154,7 @@ def test_federated_class_weights_come_from_every_nodes_label_counts(
     label_names = run.server.label_names
     expected = [0] * len(label_names)
     for pid in (0, 1):
-        local = fedtune.node._local_data(
+        local = fedtune.federation.client.node._local_data(
             scenario, grid.contexts[pid + 1].node_config, pid, label_names
         )
         for label in local.train["labels"]:
@@ -174,7 +174,7 @@ def test_a_node_without_label_counts_stops_the_run_naming_it(
     def broken(scenario, node_config, pid, label_names):  # noqa: ANN001, ANN202
         raise OSError(f"shard {pid} unreadable")
 
-    monkeypatch.setattr(fedtune.node, "_local_data", broken)
+    monkeypatch.setattr(fedtune.federation.client.node, "_local_data", broken)
     run = FederatedRun(LocalGrid(scenario), scenario, tmp_path / "run", quiet=True, resume=False)
     with pytest.raises(ValueError, match=r"node 1 sent no label counts: client 0.*unreadable"):
         run.run()

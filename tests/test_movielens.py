@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedtune import movielens
-from fedtune.data import DataError
-from fedtune.metrics import hit_rate_at_k, ndcg_at_k
-from fedtune.movielens import click_examples, click_frame, read_atomic
+from fedtune.data import movielens
+from fedtune.data.corpus import DataError
+from fedtune.data.movielens import click_examples, click_frame, read_atomic
+from fedtune.modeling.metrics import hit_rate_at_k, ndcg_at_k
 
 ITEMS = [
     "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",

@@ -13,9 +13,9 @@ from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
+from fedtune.federation.server.app import run_server
+from fedtune.federation.strategies.poisson import PoissonSampling, poisson_sample
 from fedtune.records import from_record, to_record
-from fedtune.server import run_server
-from fedtune.strategies.poisson import PoissonSampling, poisson_sample
 
 
 def test_each_node_is_drawn_independently_and_reproducibly() -> None:

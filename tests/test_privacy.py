@@ -14,16 +14,16 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
-from fedtune.attacks import malicious_clients, poison
-from fedtune.client import build_client_app
 from fedtune.config import AttackConfig, ScenarioError, ValidationConfig
-from fedtune.data import build_federated_data, client_splits, make_loader, tokenize
-from fedtune.metrics import fairness_metrics
-from fedtune.model import load_model, load_tokenizer, load_weights, trainable_weights
+from fedtune.data.corpus import build_federated_data, client_splits, make_loader, tokenize
+from fedtune.federation.attacks import malicious_clients, poison
+from fedtune.federation.client.app import build_client_app
+from fedtune.federation.strategies.deltas import DeltaUpdates, update_norm
+from fedtune.federation.strategies.factory import build_strategy
+from fedtune.federation.strategies.privacy import privacy_spent
+from fedtune.modeling.metrics import fairness_metrics
+from fedtune.modeling.model import load_model, load_tokenizer, load_weights, trainable_weights
 from fedtune.records import from_record, to_record
-from fedtune.strategies.deltas import DeltaUpdates, update_norm
-from fedtune.strategies.factory import build_strategy
-from fedtune.strategies.privacy import privacy_spent
 
 SHAPES = {"w": (20, 10), "b": (10,)}
 

@@ -11,11 +11,11 @@ from conftest import LocalGrid
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
-from fedtune.adapters.ranks import BASE, RankedLora, factor_names
 from fedtune.config import ScenarioError
+from fedtune.federation.server.app import FederatedRun
+from fedtune.federation.strategies.deltas import DeltaUpdates
+from fedtune.modeling.adapters.ranks import BASE, RankedLora, factor_names
 from fedtune.records import from_record, to_record
-from fedtune.server import FederatedRun
-from fedtune.strategies.deltas import DeltaUpdates
 
 MODULES = {"layer.0.query": (6, 5), "layer.1.value": (4, 6)}
 

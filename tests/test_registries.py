@@ -13,12 +13,6 @@ import numpy as np
 import pytest
 from flwr_datasets.partitioner import LinearPartitioner
 
-from fedtune import data as fedtune_data
-from fedtune.adapters import ADAPTERS
-from fedtune.adapters.base import common
-from fedtune.attacks import ATTACKS, Attack, malicious_clients, poison
-from fedtune.codecs import CODECS, decode, encode, encode_with_feedback
-from fedtune.codecs.base import Codec
 from fedtune.config import (
     AttackConfig,
     CodecConfig,
@@ -28,10 +22,16 @@ from fedtune.config import (
     apply_overrides,
     scenario_from_dict,
 )
-from fedtune.data import build_federated_data, make_partitioner
-from fedtune.model import load_model, trainable_weights
-from fedtune.partitioners import PARTITIONERS
-from fedtune.partitioners.base import LABEL
+from fedtune.data import corpus as fedtune_data
+from fedtune.data.corpus import build_federated_data, make_partitioner
+from fedtune.data.partitioners import PARTITIONERS
+from fedtune.data.partitioners.base import LABEL
+from fedtune.federation.attacks import ATTACKS, Attack, malicious_clients, poison
+from fedtune.federation.codecs import CODECS, decode, encode, encode_with_feedback
+from fedtune.federation.codecs.base import Codec
+from fedtune.modeling.adapters import ADAPTERS
+from fedtune.modeling.adapters.base import common
+from fedtune.modeling.model import load_model, trainable_weights
 
 REGISTRIES = {
     "codec.kind": (CODECS, ()),
@@ -154,7 +154,7 @@ def test_registries_are_light_to_import() -> None:
     """The config reads the registries only when validating; adapters and attacks import
     neither torch nor peft (peft loads when a model is wrapped)."""
     code = (
-        "import sys, fedtune.config, fedtune.adapters, fedtune.attacks\n"
+        "import sys, fedtune.config, fedtune.modeling.adapters, fedtune.federation.attacks\n"
         "fedtune.config.PeftSettings(method='lora')\n"
         "fedtune.config.AttackConfig(kind='sign_flip')\n"
         "print(sorted({'torch', 'peft', 'flwr_datasets'} & set(sys.modules)))\n"

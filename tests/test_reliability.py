@@ -19,9 +19,9 @@ import yaml
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import load_file
 
-from fedtune.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedtune.cli import main
 from fedtune.config import Scenario
+from fedtune.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def write_yaml(path: Path, raw: dict) -> Path:
@@ -709,8 +709,8 @@ def test_simulation_partition_ids_read_from_the_link_state_match_the_nodes_answe
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from fedtune.client import app as client_app
-    from fedtune.exchange import queried_partitions, simulated_partitions
+    from fedtune.federation.client.app import app as client_app
+    from fedtune.federation.exchange import queried_partitions, simulated_partitions
 
     seen = {}
     server_app = ServerApp()

@@ -12,8 +12,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedtune.cli import main
-from fedtune.report import DPI, FIGURE_SIZE, NAMED_CLIENT_ROWS, make_figures, plot_partition
-from fedtune.reporting import RunRecorder
+from fedtune.runs.recorder import RunRecorder
+from fedtune.runs.report import DPI, FIGURE_SIZE, NAMED_CLIENT_ROWS, make_figures, plot_partition
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -24,17 +24,17 @@ from flwr.serverapp.strategy import FedAvg
 from safetensors.numpy import load_file
 from test_checkpoint import interrupted_and_clean_runs
 
-from fedtune.checkpoint import load_checkpoint
 from fedtune.config import ScenarioError, ValidationConfig
-from fedtune.data import build_federated_data, make_loader, tokenize
-from fedtune.model import load_model, load_tokenizer
-from fedtune.node_state import PREFIX
+from fedtune.data.corpus import build_federated_data, make_loader, tokenize
+from fedtune.federation.client.state import PREFIX
+from fedtune.federation.server.app import run_server
+from fedtune.federation.strategies import scaffold
+from fedtune.federation.strategies.deltas import DeltaUpdates
+from fedtune.federation.strategies.factory import SERVER_OPTIMIZER_DEFAULTS, build_strategy
+from fedtune.modeling.model import load_model, load_tokenizer
+from fedtune.modeling.train import mean_gradient
 from fedtune.records import from_record
-from fedtune.server import run_server
-from fedtune.strategies import scaffold
-from fedtune.strategies.deltas import DeltaUpdates
-from fedtune.strategies.factory import SERVER_OPTIMIZER_DEFAULTS, build_strategy
-from fedtune.train import mean_gradient
+from fedtune.runs.checkpoint import load_checkpoint
 
 # ------------------------------------------------------------------ toy problem
 

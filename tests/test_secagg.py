@@ -14,14 +14,14 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 
-from fedtune.checkpoint import load_checkpoint
-from fedtune.client import ClientError, build_client_app
 from fedtune.config import ScenarioError
-from fedtune.data import build_federated_data
-from fedtune.exchange import SECAGG_RECORD
-from fedtune.model import load_model, trainable_weights
+from fedtune.data.corpus import build_federated_data
+from fedtune.federation.client.app import ClientError, build_client_app
+from fedtune.federation.exchange import SECAGG_RECORD
+from fedtune.federation.server.app import run_server
+from fedtune.modeling.model import load_model, trainable_weights
 from fedtune.records import from_record, to_record
-from fedtune.server import run_server
+from fedtune.runs.checkpoint import load_checkpoint
 
 SECAGG = {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}
 

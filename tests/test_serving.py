@@ -1,4 +1,4 @@
-"""`fedtune.serving`: a tiny BERT trained here, used through `Predictor` and a real uvicorn
+"""`fedtune.serve.app`: a tiny BERT trained here, used through `Predictor` and a real uvicorn
 server spoken to over HTTP."""
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import uvicorn
 from conftest import tiny_bert
 from fastapi import FastAPI
 
-from fedtune import cli, serving
-from fedtune.certs import make_certs
+from fedtune import cli
 from fedtune.cli import main
-from fedtune.model import ModelError
-from fedtune.serving import BodyLimit, MicroBatcher, Predictor, create_app
+from fedtune.launch.certs import make_certs
+from fedtune.modeling.model import ModelError
+from fedtune.serve import app as serving
+from fedtune.serve.app import BodyLimit, MicroBatcher, Predictor, create_app
 
 POSITIVE = ["great", "love", "thanks", "friendly", "awesome", "smooth"]
 NEGATIVE = ["awful", "late", "rude", "lost", "delayed", "cancelled"]

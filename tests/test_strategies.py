@@ -13,13 +13,13 @@ import torch
 import yaml
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedtune.client import build_client_app
 from fedtune.config import ScenarioError
-from fedtune.data import build_federated_data
-from fedtune.model import load_model, trainable_weights
+from fedtune.data.corpus import build_federated_data
+from fedtune.federation.client.app import build_client_app
+from fedtune.federation.strategies import STRATEGIES
+from fedtune.modeling.model import load_model, trainable_weights
+from fedtune.modeling.train import proximal_term
 from fedtune.records import from_record, to_record
-from fedtune.strategies import STRATEGIES
-from fedtune.train import proximal_term
 
 
 def _update(app, glob: dict, config: dict, scenario) -> dict[str, np.ndarray]:

@@ -17,16 +17,16 @@ from fastapi.testclient import TestClient
 from flwr.app import ConfigRecord, Message, RecordDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from fedtune import fusion
-from fedtune.audit import inversion_audit
+from fedtune.audit.privacy import inversion_audit
 from fedtune.cli import main
-from fedtune.client import build_client_app
-from fedtune.data import build_federated_data, federated_data, load_node_file, tokenize
+from fedtune.data.corpus import build_federated_data, federated_data, load_node_file, tokenize
 from fedtune.errors import DataError
-from fedtune.model import load_model, load_tokenizer, trainable_weights
+from fedtune.federation.client.app import build_client_app
+from fedtune.modeling import fusion
+from fedtune.modeling.model import load_model, load_tokenizer, trainable_weights
 from fedtune.records import from_record, to_record
-from fedtune.report import write_report
-from fedtune.serving import Predictor, create_app
+from fedtune.runs.report import write_report
+from fedtune.serve.app import Predictor, create_app
 
 TABULAR = {
     "numeric": {"age": {"mean": 40.0, "std": 15.0}, "score": {"mean": 0.0, "std": 1.0}},

@@ -19,12 +19,12 @@ import yaml
 from conftest import node_context
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedtune import worker as worker_module
-from fedtune.client import ClientError, build_client_app
-from fedtune.data import build_federated_data
-from fedtune.model import load_model, trainable_weights
+from fedtune.data.corpus import build_federated_data
+from fedtune.federation.client import worker as worker_module
+from fedtune.federation.client.app import ClientError, build_client_app
+from fedtune.federation.client.worker import WORKER_SOCKET, WorkerError, WorkerSocketError, listen
+from fedtune.modeling.model import load_model, trainable_weights
 from fedtune.records import from_record, to_record
-from fedtune.worker import WORKER_SOCKET, WorkerError, WorkerSocketError, listen
 
 READY = "listening on"
 

@@ -1,0 +1,18 @@
+"""`ia3`: learned rescaling vectors on keys, values and feed-forward outputs (Liu et al., 2022)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedtune.modeling.adapters.base import common
+
+if TYPE_CHECKING:
+    import peft
+
+    from fedtune.config import PeftSettings
+
+
+def ia3(settings: PeftSettings) -> peft.IA3Config:
+    import peft
+
+    return peft.IA3Config(**common(settings))

@@ -1,0 +1,467 @@
+"""Use a trained model: `Predictor` labels texts, `create_app`/`serve` expose it over HTTP.
+
+HTTP API: `GET /health` -> `{"status": "ok", "labels": [...]}` (always open); `GET /metrics`
+-> Prometheus text; `POST /predict` with
+`{"texts": ["...", ...]}` (a fusion model also needs `"features": [{column: value}, ...]`,
+one object per text) -> `{"predictions": [{"label": ..., "score": ...}, ...]}` in input
+order. Every invalid request (malformed JSON, missing or empty `texts`, a non-string item, more
+than `max_texts` texts, a text longer than `max_chars`, missing or bad features) gets 422 and
+`{"detail": "<message>"}`; a body over `max_body_bytes` gets 413 with the same shape (read no
+further than the limit); only a body that is not UTF-8 gets FastAPI's own 400. With API keys
+(`fedtune.serve.keys`), `/predict` and `/metrics` without a valid key get 401 before any of the
+body is read.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, StrictStr, StringConstraints
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from fedtune.errors import DataError, FedtuneError, first_line
+from fedtune.modeling.fusion import FusionConfig, TabularSpec, encode_tabular  # registers Auto* too
+from fedtune.modeling.model import ModelError
+from fedtune.modeling.train import pick_device
+from fedtune.serve.keys import is_valid, load_keys, presented_key
+from fedtune.serve.monitoring import MULTIPROCESS_ENV, Observed, ServeMetrics, log_to_stderr
+from fedtune.serve.quantize import load_quantized, quantization_of
+
+hf_logging.disable_progress_bar()  # no "Loading weights" bars in `fedtune predict` output
+
+FUSION = FusionConfig.model_type
+MAX_BODY_BYTES = 1 << 20
+"""Largest `POST /predict` body `fedtune serve` reads (64 texts of 2,000 characters fit)."""
+
+
+class ServeError(FedtuneError):
+    """`fedtune serve` cannot listen where it was asked to."""
+
+
+class Predictor:
+    """A saved sequence classifier, loaded once, in eval mode, on CUDA when available.
+    Refuses (ModelError) a directory that is not a model, or whose classification head was
+    not saved with it (a pretrained encoder: its labels would come from random weights)."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 32, max_length: int = 128) -> None:
+        path = Path(model_dir).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{str(model_dir)!r} is not a model directory: it has no config.json")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            if quantization_of(path):  # `fedtune export --quantize ...`: CPU kernels
+                model, info, self.device = load_quantized(path), {}, torch.device("cpu")
+            else:
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    path, output_loading_info=True
+                )
+                self.device = pick_device()
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, the directory is the cause
+            raise ModelError(
+                f"{str(model_dir)!r}: cannot load the model: {first_line(exc)}"
+            ) from None
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            prefix = f"{model.base_model_prefix}."
+            head = [key for key in missing if not key.startswith(prefix)]
+            what = "classification head" if head else "encoder"
+            raise ModelError(
+                f"{str(model_dir)!r} has no trained {what} (not in the saved weights: "
+                f"{', '.join((head or missing)[:3])}{', ...' if len(missing) > 3 else ''}); "
+                "give the model/ directory of a fedtune run"
+            )
+        self.model = model.to(self.device).eval()
+        config = self.model.config
+        self.spec = TabularSpec.from_dict(config.tabular) if config.model_type == FUSION else None
+        """A fusion model's tabular features (None: the model reads text alone)."""
+        self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
+        self.batch_size = batch_size
+        # Never longer than the model accepts (`model_max_length` comes from the saved tokenizer).
+        self.max_length = min(max_length, self.tokenizer.model_max_length)
+
+    @property
+    def feature_names(self) -> list[str]:
+        spec = self.spec
+        return [] if spec is None else [c.name for c in (*spec.numeric, *spec.categorical)]
+
+    def encode_features(self, features: list[dict] | None, n: int) -> dict[str, torch.Tensor]:
+        """A fusion model's tabular inputs for `n` texts (a feature left out counts as
+        missing); DataError naming what is wrong. Nothing for a text-only model."""
+        if self.spec is None:
+            return {}
+        if features is None or len(features) != n:
+            raise DataError(
+                f"this model reads tabular features {self.feature_names} beside each text: "
+                f"give one feature object per text ({n} texts, "
+                f"{0 if features is None else len(features)} feature objects)"
+            )
+        columns = {name: [row.get(name) for row in features] for name in self.feature_names}
+        return encode_tabular(columns, self.spec)
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str], features: list[dict] | None = None) -> list[dict]:
+        """`{"label", "score"}` per text, in order; score is the top label's probability.
+        A fusion model needs `features`: one {column: value} object per text."""
+        tabular = self.encode_features(features, len(texts))
+        predictions = []
+        for start in range(0, len(texts), self.batch_size):
+            inputs = self.tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            part = {
+                k: v[start : start + self.batch_size].to(self.device) for k, v in tabular.items()
+            }
+            logits = self.model(**inputs, **part).logits
+            scores, indices = logits.float().softmax(dim=-1).max(dim=-1)
+            predictions += [
+                {"label": self.labels[i], "score": s}
+                for i, s in zip(indices.tolist(), scores.tolist(), strict=True)
+            ]
+        return predictions
+
+
+# A request waiting in the queue: its texts, their features (a fusion model's; None for a
+# text-only one) and the future that receives their predictions.
+Pending = tuple[list[str], list[dict] | None, asyncio.Future]
+
+
+class MicroBatcher:
+    """Runs the texts of concurrent requests through the model together: it collects requests
+    for up to `max_wait_ms` or until `max_batch` texts, then makes one `Predictor.predict` call
+    in a worker thread and hands each request its slice. `batches` counts those calls."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        max_batch: int,
+        max_wait_ms: float,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        self.predictor = predictor
+        self.on_batch = on_batch
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.batches = 0
+        self._held: Pending | None = None  # did not fit in the previous batch
+
+    async def predict(self, texts: list[str], features: list[dict] | None = None) -> list[dict]:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((texts, features, future))
+        return await future
+
+    async def run(self) -> None:
+        """Serve the queue forever (until cancelled)."""
+        while True:
+            batch = await self._collect()
+            texts = [text for request_texts, _, _ in batch for text in request_texts]
+            features = None
+            if self.predictor.spec is not None:
+                features = [row for _, rows, _ in batch for row in rows or []]
+            try:
+                predictions = await asyncio.to_thread(self.predictor.predict, texts, features)
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.on_batch(len(texts))
+            start = 0
+            for request_texts, _, future in batch:
+                if not future.done():  # done = cancelled: its client went away
+                    future.set_result(predictions[start : start + len(request_texts)])
+                start += len(request_texts)
+
+    async def _collect(self) -> list[Pending]:
+        """The next batch: at most `max_batch` texts, unless one request alone has more."""
+        loop = asyncio.get_running_loop()
+        batch = [self._held or await self.queue.get()]
+        self._held = None
+        size = len(batch[0][0])
+        deadline = loop.time() + self.max_wait
+        while size < self.max_batch:
+            try:
+                request = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+            except TimeoutError:
+                break
+            if size + len(request[0]) > self.max_batch:
+                self._held = request
+                break
+            batch.append(request)
+            size += len(request[0])
+        return batch
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+def _error_message(error: dict) -> str:
+    """One pydantic/FastAPI validation error as `where: what`."""
+    if error["type"] == "json_invalid":
+        return f"malformed JSON: {error['ctx']['error']} at character {error['loc'][-1]}"
+    if error["loc"] == ("body",) and isinstance(error.get("input"), bytes):
+        return "body: send a JSON object with Content-Type: application/json"
+    where = ".".join(str(part) for part in error["loc"][1:]) or "body"
+    return f"{where}: {error['msg']}"
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class BodyLimit:
+    """ASGI middleware: an HTTP request whose body exceeds `max_bytes` gets 413 and
+    `{"detail": ...}`. A Content-Length over the limit is refused before any of the body is
+    read; otherwise the body is read chunk by chunk and refused as soon as it passes the
+    limit (chunked uploads too), so at most `max_bytes` of it is ever held."""
+
+    def __init__(self, app: Callable, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                chunks_left = [message]
+                break
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                chunks_left = [{"type": "http.request", "body": b"".join(chunks)}]
+                break
+
+        async def replay() -> MutableMapping[str, Any]:
+            return chunks_left.pop() if chunks_left else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        detail = f"request body larger than {self.max_bytes} bytes"
+        await send_detail(send, 413, detail, (b"connection", b"close"))
+
+
+async def send_detail(send: Send, status: int, detail: str, *headers: tuple[bytes, bytes]) -> None:
+    """An ASGI response `{"detail": detail}` with `status` (and extra `headers`)."""
+    body = JSONResponse(status_code=status, content={"detail": detail}).body
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*head, *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+ROUTES = frozenset({"/health", "/metrics", "/predict"})
+OPEN_PATHS = frozenset({"/health"})
+"""Paths served without an API key."""
+
+
+class RequireKey:
+    """ASGI middleware: with `keys`, an HTTP request outside OPEN_PATHS without a valid key
+    (`fedtune.serve.keys`) gets 401 and `{"detail": ...}`, before its body is read."""
+
+    def __init__(self, app: Callable, keys: tuple[bytes, ...]) -> None:
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or scope["path"] in OPEN_PATHS
+            or is_valid(presented_key(dict(scope.get("headers") or [])), self.keys)
+        ):
+            await self.app(scope, receive, send)
+            return
+        await send_detail(send, 401, "missing or invalid API key", (b"www-authenticate", b"Bearer"))
+
+
+def create_app(
+    predictor: Predictor,
+    max_texts: int = 64,
+    max_chars: int = 2000,
+    max_batch: int = 32,
+    max_wait_ms: float = 5,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    api_keys: tuple[bytes, ...] = (),
+) -> FastAPI:
+    """The HTTP API around `predictor`; its micro-batcher is `app.state.batcher` while running,
+    its metrics `app.state.metrics`. Request bodies over `max_body_bytes` get 413; with
+    `api_keys`, requests without one of them get 401 (`/health` stays open)."""
+    metrics = ServeMetrics()
+
+    # A local class because its limits are arguments. FastAPI resolves `body: PredictRequest`
+    # at runtime, so this module must not use `from __future__ import annotations`.
+    class PredictRequest(BaseModel):
+        texts: list[Annotated[StrictStr, StringConstraints(max_length=max_chars)]] = Field(
+            min_length=1, max_length=max_texts
+        )
+        features: list[dict[str, StrictStr | float | None]] | None = Field(
+            None, max_length=max_texts
+        )
+        """A fusion model's tabular features: one {column: value} object per text."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.batcher = MicroBatcher(
+            predictor, max_batch, max_wait_ms, metrics.batch_texts.observe
+        )
+        task = asyncio.create_task(app.state.batcher.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app = FastAPI(title="fedtune", lifespan=lifespan)
+    app.state.metrics = metrics
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # the innermost
+    app.add_middleware(RequireKey, keys=api_keys)
+    app.add_middleware(
+        Observed, metrics=metrics, paths=frozenset({"/health", "/metrics", "/predict"})
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = "; ".join(_error_message(error) for error in exc.errors())
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "labels": predictor.labels}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        content, media_type = metrics.exposition()
+        return Response(content, media_type=media_type)
+
+    @app.post("/predict", response_model=None)
+    async def predict(body: PredictRequest) -> PredictResponse | JSONResponse:
+        try:  # checked here, so that one bad request never fails a shared batch
+            predictor.encode_features(body.features, len(body.texts))
+        except DataError as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
+        features = body.features if predictor.spec is not None else None
+        predictions = await app.state.batcher.predict(body.texts, features)
+        return PredictResponse(predictions=predictions)
+
+    return app
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise ServeError unless `host:port` can be listened on now (before the model loads)."""
+    if not 0 < port < 65536:
+        raise ServeError(f"--port {port}: not a TCP port (1-65535)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServeError(f"--host {host!r}: cannot resolve: {first_line(exc)}") from None
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Raise ServeError unless both or neither are given and they load as a key pair."""
+    if (certfile is None) != (keyfile is None):
+        raise ServeError("give both --ssl-certfile and --ssl-keyfile (or neither)")
+    if certfile is None:
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServeError(
+            f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load: "
+            f"{getattr(exc, 'strerror', None) or first_line(exc)}"
+        ) from None
+
+
+SERVE_ENV = "FEDTUNE_SERVE"
+"""How `serve` hands its settings (JSON) to `app_from_env` in each worker process."""
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `--workers` process, from the settings `serve` put in SERVE_ENV."""
+    settings = json.loads(os.environ[SERVE_ENV])
+    log_to_stderr()
+    key_file = settings["api_key_file"]
+    keys = load_keys(Path(key_file)) if key_file else ()
+    return create_app(
+        Predictor(settings["model_dir"]), max_body_bytes=settings["max_body_bytes"], api_keys=keys
+    )
+
+
+def serve(
+    model_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    api_key_file: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    workers: int = 1,
+) -> None:
+    """Load the model in `model_dir` and serve it with uvicorn (`workers` processes, each
+    with its own copy of the model) until interrupted."""
+    check_address(host, port)
+    check_tls(ssl_certfile, ssl_keyfile)
+    keys = load_keys(Path(api_key_file)) if api_key_file else ()
+    predictor = Predictor(model_dir)  # refuses a bad model directory before any worker starts
+    tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    log_to_stderr()
+    if workers == 1:
+        app = create_app(predictor, max_body_bytes=max_body_bytes, api_keys=keys)
+        uvicorn.run(app, host=host, port=port, access_log=False, **tls)
+        return
+    del predictor
+    settings = {"model_dir": model_dir, "max_body_bytes": max_body_bytes}
+    settings["api_key_file"] = api_key_file
+    with tempfile.TemporaryDirectory(prefix="fedtune-metrics-") as metrics_dir:
+        os.environ.update({MULTIPROCESS_ENV: metrics_dir, SERVE_ENV: json.dumps(settings)})
+        uvicorn.run(
+            "fedtune.serve.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            **tls,
+        )
