@@ -12,9 +12,9 @@ from flwr.serverapp.strategy import FedAvg
 from fedtune.config import TrainingConfig
 from fedtune.data.corpus import build_federated_data, client_splits, make_loader, tokenize
 from fedtune.federation.client.app import build_client_app
+from fedtune.federation.client.scaffold import CLIENT_CONTROL, CONTROL_DELTA, SERVER_CONTROL
 from fedtune.federation.strategies.deltas import DeltaUpdates
 from fedtune.federation.strategies.factory import aggregate_client_metrics
-from fedtune.federation.strategies.scaffold import CLIENT_CONTROL, CONTROL_DELTA, SERVER_CONTROL
 from fedtune.modeling.model import load_model, load_tokenizer, trainable_weights
 from fedtune.modeling.train import train_steps
 from fedtune.records import from_record, to_record

@@ -21,7 +21,6 @@ REQUIRED_OVERRIDES = {
     "data.max_samples": ("500", 500),
     "partition.kind": ("dirichlet", "dirichlet"),
     "partition.num_clients": ("8", 8),
-    "partition.alpha": ("0.1", 0.1),
     "federation.rounds": ("7", 7),
     "federation.fraction_train": ("0.5", 0.5),
     "training.local_epochs": ("2", 2),
@@ -39,6 +38,16 @@ def test_shipped_scenarios_validate(path: Path) -> None:
 
 def test_shipped_scenario_by_name() -> None:
     assert load_scenario("quickstart").partition.num_clients == 4
+
+
+def test_a_plugins_parameters_come_with_its_kind() -> None:
+    """Each plugin declares its own parameters: set with its kind, they read as attributes of
+    the section, and defaults fill the ones not set."""
+    overrides = {"partition.kind": "dirichlet", "partition.alpha": 0.1, "codec.kind": "topk"}
+    scenario = load_scenario("quickstart", overrides)
+    assert scenario.partition.alpha == 0.1
+    assert (scenario.codec.topk_fraction, scenario.codec.dense_below) == (0.01, 4096)
+    assert "alpha" not in load_scenario("quickstart").partition.model_dump()
 
 
 @pytest.mark.parametrize("key", sorted(REQUIRED_OVERRIDES))
@@ -59,7 +68,12 @@ BAD_FILES = [
     ("partition: {kind: spiral}\n", "partition.kind: Input should be 'iid'"),
     ("training: {lr: -1}\n", "training.lr: Input should be greater than 0"),
     ("data: {test_size: 1.5}\n", "data.test_size: Input should be less than 1"),
-    ("partition: {kind: natural}\n", "partition: partition.kind 'natural' needs partition.column"),
+    ("partition: {kind: natural}\n", "partition.column: Field required"),
+    ("partition: {alpha: 0.1}\n", "partition.alpha: not a parameter of kind 'iid'"),
+    ("codec: {kind: int8, topk_fraction: 0.1}\n", "parameters: block_size)"),
+    ("codec: {kind: topk, topk_fraction: 2}\n", "codec.topk_fraction: Input should be less than"),
+    ("model: {peft: {method: ia3, rank: 4}}\n", "model.peft.rank: not a parameter of method"),
+    ("attack: {kind: bogus}\n", "attack.kind: Input should be 'none'"),
     ("partition: {num_clients: 2}\nfederation: {min_available_nodes: 3}\n", "exceeds"),
     ("federation: [1, 2\n", "malformed YAML"),
     ("- just\n- a list\n", "expected a mapping of sections"),

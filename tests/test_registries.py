@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 import pytest
 from flwr_datasets.partitioner import LinearPartitioner
+from pydantic import Field
 
 from fedtune.config import (
     AttackConfig,
@@ -22,6 +23,7 @@ from fedtune.config import (
     apply_overrides,
     scenario_from_dict,
 )
+from fedtune.config.base import takes
 from fedtune.data import corpus as fedtune_data
 from fedtune.data.corpus import build_federated_data, make_partitioner
 from fedtune.data.partitioners import PARTITIONERS
@@ -30,7 +32,7 @@ from fedtune.federation.attacks import ATTACKS, Attack, malicious_clients, poiso
 from fedtune.federation.codecs import CODECS, decode, encode, encode_with_feedback
 from fedtune.federation.codecs.base import Codec
 from fedtune.modeling.adapters import ADAPTERS
-from fedtune.modeling.adapters.base import common
+from fedtune.modeling.adapters.base import AdapterParams, common
 from fedtune.modeling.model import load_model, trainable_weights
 
 REGISTRIES = {
@@ -43,7 +45,8 @@ REGISTRIES = {
 
 
 def _scenario(key: str, name: str) -> Scenario:
-    return scenario_from_dict(apply_overrides({"partition": {"column": "airline"}}, {key: name}))
+    column = {"partition.column": "airline"} if name == "natural" else {}  # its one parameter
+    return scenario_from_dict(apply_overrides({}, {key: name, **column}))
 
 
 def _accepted(key: str) -> list[str]:
@@ -136,13 +139,23 @@ def test_a_registered_partitioner_splits_the_pool(monkeypatch, make_scenario) ->
     assert sizes[0] < sizes[1] < sizes[2] and sum(sizes) == len(fed.pool)
 
 
+class VeraParams(AdapterParams):
+    """A plug-in method's own parameters, declared next to it."""
+
+    rank: int = Field(256, ge=1)
+
+
 def test_a_registered_peft_method_wraps_the_model(monkeypatch, make_scenario) -> None:
+    @takes(VeraParams)
     def vera(settings):
         import peft
 
         return peft.VeraConfig(r=settings.rank, **common(settings))
 
     monkeypatch.setitem(ADAPTERS, "vera", vera)
+    with pytest.raises(ScenarioError, match="model.peft.rank: Input should be greater than"):
+        make_scenario(model={"peft": {"method": "vera", "rank": 0}})
+    assert make_scenario(model={"peft": {"method": "vera"}}).model.peft.rank == 256
     scenario = make_scenario(model={"peft": {"method": "vera", "rank": 4}})
     model = load_model(scenario.model.name, ("a", "b", "c"), scenario.seed, scenario.model.peft)
     names = set(trainable_weights(model))

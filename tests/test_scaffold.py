@@ -26,9 +26,10 @@ from test_checkpoint import interrupted_and_clean_runs
 
 from fedtune.config import ScenarioError, ValidationConfig
 from fedtune.data.corpus import build_federated_data, make_loader, tokenize
+from fedtune.federation.client import scaffold
 from fedtune.federation.client.state import PREFIX
 from fedtune.federation.server.app import run_server
-from fedtune.federation.strategies import scaffold
+from fedtune.federation.strategies import scaffold as scaffold_server
 from fedtune.federation.strategies.deltas import DeltaUpdates
 from fedtune.federation.strategies.factory import SERVER_OPTIMIZER_DEFAULTS, build_strategy
 from fedtune.modeling.model import load_model, load_tokenizer
@@ -117,7 +118,7 @@ def test_scaffold_reaches_the_global_optimum_where_fedavg_drifts(
         return _federate(DeltaUpdates(inner, sampled, validation=off), clients, rounds=300)
 
     fedavg_error = np.abs(run(FedAvg) - optimum).max()
-    scaffold_error = np.abs(run(scaffold.Scaffold) - optimum).max()
+    scaffold_error = np.abs(run(scaffold_server.Scaffold) - optimum).max()
     assert scaffold_error < 1e-3, scaffold_error
     assert fedavg_error > 0.3, f"FedAvg should drift here: {fedavg_error}"
 
@@ -125,13 +126,13 @@ def test_scaffold_reaches_the_global_optimum_where_fedavg_drifts(
 def test_server_control_moves_by_the_participation_share_of_the_mean_delta() -> None:
     c = {"w": np.ones(3, dtype=np.float32)}
     deltas = [{"w": np.full(3, 2.0, np.float32)}, {"w": np.full(3, 4.0, np.float32)}]
-    new = scaffold.aggregate_controls(c, deltas, [1.0, 3.0], num_clients=8)
+    new = scaffold_server.aggregate_controls(c, deltas, [1.0, 3.0], num_clients=8)
     np.testing.assert_allclose(new["w"], 1.0 + 2 / 8 * (0.25 * 2.0 + 0.75 * 4.0))
     assert new["w"].dtype == np.float32
-    assert scaffold.aggregate_controls(c, [], [], 8) is c
+    assert scaffold_server.aggregate_controls(c, [], [], 8) is c
     x, averaged = {"w": np.zeros(2, np.float32)}, {"w": np.ones(2, np.float32)}
-    assert scaffold.server_step(x, averaged, 1.0) is averaged
-    np.testing.assert_allclose(scaffold.server_step(x, averaged, 0.5)["w"], 0.5)
+    assert scaffold_server.server_step(x, averaged, 1.0) is averaged
+    np.testing.assert_allclose(scaffold_server.server_step(x, averaged, 0.5)["w"], 0.5)
 
 
 def test_scaffold_term_gradient_is_c_minus_ci_and_c_i_is_the_mean_gradient(make_scenario) -> None:

@@ -6,13 +6,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flwr_datasets.partitioner import DirichletPartitioner
+from pydantic import Field
 
+from fedtune.config.base import Section, takes
 from fedtune.data.partitioners.base import LABEL
 
 if TYPE_CHECKING:
     from fedtune.config import PartitionConfig
 
 
+class DirichletParams(Section):
+    alpha: float = Field(0.5, gt=0.0)
+    """Dirichlet concentration: smaller means more label skew."""
+
+
+@takes(DirichletParams)
 def dirichlet(cfg: PartitionConfig, seed: int) -> DirichletPartitioner:
     return DirichletPartitioner(
         num_partitions=cfg.num_clients,

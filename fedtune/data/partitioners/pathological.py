@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING
 
 from flwr_datasets.partitioner import PathologicalPartitioner
 
-from fedtune.data.partitioners.base import LABEL
+from fedtune.config.base import takes
+from fedtune.data.partitioners.base import LABEL, LabelsPerClient
 
 if TYPE_CHECKING:
     from fedtune.config import PartitionConfig
 
 
+@takes(LabelsPerClient)
 def pathological(cfg: PartitionConfig, seed: int) -> PathologicalPartitioner:
     return PathologicalPartitioner(
         num_partitions=cfg.num_clients,

@@ -5,14 +5,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import Field
 
+from fedtune.config.base import Section
 from fedtune.federation.attacks.base import Arrays, Attack
 
 if TYPE_CHECKING:
     from fedtune.config import AttackConfig
 
 
+class NoiseParams(Section):
+    noise_std: float = Field(0.01, gt=0.0)
+    """Standard deviation of the noise sent instead of the update."""
+
+
 class GaussianNoise(Attack):
+    Params = NoiseParams
+
     def poison_update(
         self, update: Arrays, attack: AttackConfig, rng: np.random.Generator
     ) -> Arrays:

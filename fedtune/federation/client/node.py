@@ -34,12 +34,12 @@ from fedtune.config import ModelConfig, Scenario, TabularConfig
 from fedtune.data.corpus import federated_data, make_loader
 from fedtune.data.shard import NodeConfig, node_shard, partition_id, state_dir
 from fedtune.federation.attacks import ATTACKS, malicious_clients, poison
+from fedtune.federation.client import scaffold
 from fedtune.federation.client.secagg import refuse_unmasked
 from fedtune.federation.client.state import PREFIX, restore_state, save_state
 from fedtune.federation.codecs import encode_with_feedback
 from fedtune.federation.process import ray_node
 from fedtune.federation.statistics import LABEL_COUNTS, LABEL_COUNTS_ACTION, label_counts_content
-from fedtune.federation.strategies import scaffold
 from fedtune.modeling.adapters.ranks import fresh_adapters, send_factors
 from fedtune.modeling.model import (
     load_model,

@@ -6,11 +6,21 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+from pydantic import Field
+
+from fedtune.config.base import Section
 
 if TYPE_CHECKING:
     from fedtune.config import CodecConfig
 
 Arrays = dict[str, np.ndarray]
+
+
+class BlockParams(Section):
+    """Codecs with one scale per block of entries (`int8`, `onebit`)."""
+
+    block_size: int = Field(0, ge=0)
+    """Entries per scale; 0 means one scale per tensor."""
 
 
 class Codec(ABC):

@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedtune.federation.codecs.base import Arrays, Codec
+from fedtune.federation.codecs.base import Arrays, BlockParams, Codec
 
 if TYPE_CHECKING:
     from fedtune.config import CodecConfig
 
 
 class Int8(Codec):
+    Params = BlockParams
     parts = {"::q": np.int8, "::scale": np.float32}
 
     def encode(self, tensor: np.ndarray, cfg: CodecConfig) -> Arrays:

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedtune.federation.codecs.base import Arrays, Codec
+from fedtune.federation.codecs.base import Arrays, BlockParams, Codec
 
 if TYPE_CHECKING:
     from fedtune.config import CodecConfig
 
 
 class OneBit(Codec):
+    Params = BlockParams
     parts = {"::bits": np.uint8, "::scale": np.float32}
 
     def encode(self, tensor: np.ndarray, cfg: CodecConfig) -> Arrays:

@@ -33,42 +33,31 @@ participation `c` is then exactly the example-weighted mean of the clients' `c_i
 whose fixed point is the optimum of FedAvg's objective; with partial participation it is an
 estimate of it (exact when shards are equally large, as in the paper's unweighted form).
 
-This module imports nothing of fedtune's (the registry that the config reads imports it).
+The client half (the loss term, `c_i` in the node's state) is `fedtune.federation.client.scaffold`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-SERVER_CONTROL = "scaffold-c"
-"""The train message's record holding the server control variate `c`."""
-CONTROL_DELTA = "scaffold-dc"
-"""The train reply's record holding the client's control-variate delta `c_i+ - c_i`."""
-GRADIENT_BATCHES = "scaffold-gradient-batches"
-"""The train config's entry: how many batches a client's gradient at `x` is taken over."""
-DEFAULT_GRADIENT_BATCHES = 8
-CLIENT_CONTROL = "fedtune/scaffold-c"
-"""The node-state record (`Context.state`) holding the client's control variate `c_i`; its
-`fedtune/` prefix makes `fedtune.federation.client.state` persist it."""
+from fedtune.federation.client.scaffold import (
+    CONTROL_DELTA,
+    DEFAULT_GRADIENT_BATCHES,
+    GRADIENT_BATCHES,
+    SERVER_CONTROL,
+)
+from fedtune.records import from_record, to_record
 
 Arrays = dict[str, np.ndarray]
-
-
-def _record(arrays: Arrays) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
-
-
-def _arrays(record: ArrayRecord) -> Arrays:
-    return {name: array.numpy() for name, array in record.items()}
 
 
 # ------------------------------------------------------------------ mathematics
@@ -102,67 +91,6 @@ def server_step(x: Arrays, averaged: Arrays, eta_g: float) -> Arrays:
         name: (x[name] + eta_g * (averaged[name] - x[name])).astype(x[name].dtype)
         for name in averaged
     }
-
-
-def scaffold_term(model: Any, c: Arrays, c_i: Arrays) -> Callable[[], Any]:
-    """SCAFFOLD's correction as a loss term, `<c - c_i, w>` over the trainable weights named
-    in `c`: its gradient `c - c_i` turns each local gradient `g_i(w)` into `g_i(w) - c_i + c`."""
-    import torch
-
-    params = dict(model.named_parameters())
-    pairs = [(params[name], torch.from_numpy(c[name] - c_i[name])) for name in c]
-    placed: list = []
-
-    def term() -> torch.Tensor:
-        if not placed:  # on the parameters' device, known once training has started
-            placed.extend((p, d.to(device=p.device, dtype=p.dtype)) for p, d in pairs)
-        return sum((p * d).sum() for p, d in placed)
-
-    return term
-
-
-# ------------------------------------------------------------------ client side
-
-
-def client_controls(received: RecordDict, state: RecordDict) -> tuple[Arrays, Arrays] | None:
-    """`(c, c_i)` for a train message that carries the server's `c` (None otherwise):
-    `c_i` from the node's state, zeros on its first SCAFFOLD round."""
-    if SERVER_CONTROL not in received.array_records:
-        return None
-    c = _arrays(received.array_records[SERVER_CONTROL])
-    kept = state.array_records.get(CLIENT_CONTROL)
-    c_i = _arrays(kept) if kept is not None else {k: np.zeros_like(v) for k, v in c.items()}
-    if set(c_i) != set(c) or any(c_i[k].shape != v.shape for k, v in c.items()):
-        raise ValueError("scaffold: the node's control variate does not fit the server's")
-    return c, c_i
-
-
-def correction_terms(model: Any, received: RecordDict, state: RecordDict) -> list:
-    """The loss term for this train message: SCAFFOLD's correction when the server sent `c`."""
-    controls = client_controls(received, state)
-    return [] if controls is None else [scaffold_term(model, *controls)]
-
-
-def new_client_control(
-    gradient: Arrays, received: RecordDict, state: RecordDict
-) -> ArrayRecord | None:
-    """After local training: store `c_i+ = gradient` (the loss's mean gradient at the global
-    weights) in the node's state and return the delta `c_i+ - c_i` to send (None when the
-    server did not send `c`)."""
-    controls = client_controls(received, state)
-    if controls is None:
-        return None
-    c, c_i = controls
-    new = {name: np.asarray(gradient[name], dtype=np.float32) for name in c}
-    state[CLIENT_CONTROL] = _record(new)
-    return _record({name: new[name] - c_i[name] for name in c})
-
-
-def gradient_batches(received: RecordDict) -> int | None:
-    """How many batches the client's `c_i+` is estimated on (None: not a SCAFFOLD message)."""
-    if SERVER_CONTROL not in received.array_records:
-        return None
-    return int(received["config"].get(GRADIENT_BATCHES, DEFAULT_GRADIENT_BATCHES))
 
 
 # ------------------------------------------------------------------ server side
@@ -205,13 +133,13 @@ class Scaffold(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._global = _arrays(arrays)
+        self._global = from_record(arrays)
         self._num_nodes = len(list(grid.get_node_ids()))
         if not self.control:  # c = 0 before the first round
             self.control = {k: np.zeros_like(v, dtype=np.float32) for k, v in self._global.items()}
         elif set(self.control) != set(self._global):
             raise ValueError("scaffold: the server control variate does not fit the model")
-        record = _record(self.control)
+        record = to_record(self.control)
         for message in messages:  # they share one RecordDict
             message.content[SERVER_CONTROL] = record
             message.content["config"][GRADIENT_BATCHES] = self.gradient_batches
@@ -237,7 +165,7 @@ class Scaffold(FedAvg):
                 reply_metrics = next(iter(reply.content.metric_records.values()))
                 weights.append(float(reply_metrics[self.weighted_by_key]))
         self.control = aggregate_controls(self.control, fitting, weights, self._num_nodes)
-        return _record(server_step(self._global, _arrays(averaged), self.eta_g)), metrics
+        return to_record(server_step(self._global, from_record(averaged), self.eta_g)), metrics
 
     def _fitting(self, reply: Message, record: ArrayRecord | None) -> Arrays | None:
         """The reply's control-variate delta if it fits `c` (names, shapes, finite values);
@@ -246,7 +174,7 @@ class Scaffold(FedAvg):
         if not isinstance(record, ArrayRecord):
             log(WARNING, "node %s: no SCAFFOLD control-variate delta; c ignores it", client)
             return None
-        delta = _arrays(record)
+        delta = from_record(record)
         fits = set(delta) == set(self.control) and all(
             delta[k].shape == v.shape and np.isfinite(delta[k]).all()
             for k, v in self.control.items()

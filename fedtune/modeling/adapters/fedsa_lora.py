@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedtune.modeling.adapters.lora import lora
+from fedtune.config.base import takes
+from fedtune.modeling.adapters.lora import LoraParams, lora
 
 if TYPE_CHECKING:
     import peft
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from fedtune.config import PeftSettings
 
 
+@takes(LoraParams)
 def fedsa_lora(settings: PeftSettings) -> peft.LoraConfig:
     return lora(settings)
 

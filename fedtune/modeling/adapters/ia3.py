@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedtune.modeling.adapters.base import common
+from fedtune.config.base import takes
+from fedtune.modeling.adapters.base import AdapterParams, common
 
 if TYPE_CHECKING:
     import peft
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from fedtune.config import PeftSettings
 
 
+@takes(AdapterParams)
 def ia3(settings: PeftSettings) -> peft.IA3Config:
     import peft
 

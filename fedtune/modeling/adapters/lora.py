@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from fedtune.modeling.adapters.base import common
+from pydantic import Field
+
+from fedtune.config.base import takes
+from fedtune.modeling.adapters.base import AdapterParams, common
 
 if TYPE_CHECKING:
     import peft
@@ -12,6 +15,25 @@ if TYPE_CHECKING:
     from fedtune.config import PeftSettings
 
 
+class LoraParams(AdapterParams):
+    """The low-rank methods' (`lora`, `ffa_lora`, `fedsa_lora`, `loha`, `lokr`)."""
+
+    rank: int = Field(8, ge=1)
+    """Adapter rank."""
+    alpha: float = Field(16.0, gt=0.0)
+    """Scaling numerator: updates are scaled by alpha / rank."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+
+
+class RankedLoraParams(LoraParams):
+    rank_per_client: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    """Client i trains adapters of rank `rank_per_client[i]` (one per client), and the server
+    aggregates their exact products (see `fedtune.modeling.adapters.ranks`); `rank` is then
+    unused by the clients."""
+
+
+@takes(RankedLoraParams)
 def lora(settings: PeftSettings) -> peft.LoraConfig:
     import peft
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fedtune.config.base import takes
 from fedtune.modeling.adapters.base import common
+from fedtune.modeling.adapters.lora import LoraParams
 
 if TYPE_CHECKING:
     import peft
@@ -21,12 +23,14 @@ def _lycoris(settings: PeftSettings) -> dict[str, Any]:
     }
 
 
+@takes(LoraParams)
 def loha(settings: PeftSettings) -> peft.LoHaConfig:
     import peft
 
     return peft.LoHaConfig(**_lycoris(settings))
 
 
+@takes(LoraParams)
 def lokr(settings: PeftSettings) -> peft.LoKrConfig:
     import peft
 
