@@ -24,7 +24,7 @@ from fedtune.runs.checkpoint import load_checkpoint
 
 
 def test_every_command_has_one_handler() -> None:
-    parser = cli._parser()
+    parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert set(COMMANDS) == set(commands)
     assert all(callable(handler) for handler in COMMANDS.values())

@@ -13,7 +13,7 @@ from conftest import WORDS, LocalGrid, tiny_bert
 from flwr.app import MessageType
 
 import fedtune.federation.client.node
-from fedtune.cli import _headline
+from fedtune.cli.runs import headline as _headline
 from fedtune.config import TrainingConfig
 from fedtune.federation.server.app import FederatedRun
 from fedtune.federation.statistics import LABEL_COUNTS

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from fedtune import cli
 from fedtune.cli import main
+from fedtune.cli import predict as cli_predict
 from fedtune.launch.certs import make_certs
 from fedtune.modeling.model import ModelError
 from fedtune.serve import app as serving
@@ -374,13 +375,13 @@ def test_predict_command_streams_a_file_in_batches(
     # readouterr() takes what was printed since the one before).
     assert printed_before == [0, 32, 32]
     assert len(capsys.readouterr().out.splitlines()) == 12
-    assert sum(1 for _ in cli._file_texts(texts)) == 75
+    assert sum(1 for _ in cli_predict._file_texts(texts)) == 75
 
 
 def test_predict_file_lines_are_bounded(tmp_path: Path) -> None:
     texts = tmp_path / "long.txt"
-    texts.write_text("a" * (cli.MAX_TEXT_CHARS * 3 + 5) + "\nshort\n")
-    assert [len(t) for t in cli._file_texts(texts)] == [cli.MAX_TEXT_CHARS, 5]
+    texts.write_text("a" * (cli_predict.MAX_TEXT_CHARS * 3 + 5) + "\nshort\n")
+    assert [len(t) for t in cli_predict._file_texts(texts)] == [cli_predict.MAX_TEXT_CHARS, 5]
 
 
 def test_serving_limits_are_documented() -> None:

@@ -1,0 +1,221 @@
+"""The `fedtune` command line's parser: every command, its arguments and their checks."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from fedtune.errors import FedtuneError
+
+MAX_CERT_NODES = 10_000
+MAX_TEXT_CHARS = 100_000
+"""`predict --file`: a longer line is cut to this many characters (the model reads only its
+first `max_length` tokens anyway)."""
+PREDICT_BATCH = 32
+COMPARE_FILES = ("compare.md", "compare.html", "compare.png")
+"""What `fedtune compare` writes; it never replaces one that is already there."""
+
+
+class UsageError(FedtuneError):
+    """Bad command-line arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors raised as UsageError: one line instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("fedtune").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} -h)")
+
+
+def _count(text: str) -> int:
+    """`--nodes`: an integer from 0 to MAX_CERT_NODES."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_CERT_NODES:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CERT_NODES}, not {value}")
+    return value
+
+
+def _at_least(minimum: int, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An integer of at least 1."""
+    return _at_least(1, text)
+
+
+def _non_negative(text: str) -> int:
+    """An integer of at least 0."""
+    return _at_least(0, text)
+
+
+def _port(text: str) -> int:
+    """`--port`: a TCP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fedtune", description="Federated fine-tuning of BERT-family text classifiers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "simulate the federation (Flower Simulation Engine, one process per client)"),
+        ("centralized", "train on the union of the clients' data (the baseline)"),
+        ("local", "train each client alone on its own data (the local-only baseline)"),
+        ("deploy", "run on a local deployment: a SuperLink and one SuperNode per client (TLS)"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument(
+            "scenario",
+            nargs="?",
+            help="scenario YAML file, or a shipped name (quickstart)",
+        )
+        cmd.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a scenario key, e.g. --set federation.rounds=5 (repeatable)",
+        )
+        cmd.add_argument(
+            "--output",
+            help="run directory (default runs/<name>-<timestamp>): new, or empty",
+        )
+        cmd.add_argument("--quiet", action="store_true", help="no progress output")
+        if name == "deploy":
+            cmd.add_argument(
+                "--insecure", action="store_true", help="no TLS and no SuperNode authentication"
+            )
+            cmd.add_argument(
+                "--worker",
+                action="store_true",
+                help="a warm `fedtune worker` next to each SuperNode (model and shard kept "
+                "loaded between messages)",
+            )
+        if name == "run":
+            cmd.add_argument("--verbose", action="store_true", help="Flower and Ray logs too")
+            cmd.add_argument(
+                "--ray-address",
+                metavar="HOST:PORT|auto",
+                help="run the clients on an existing Ray cluster (`ray start --head`), not a "
+                "private one on this machine",
+            )
+            cmd.add_argument(
+                "--resume",
+                metavar="RUN_DIR",
+                help="continue an interrupted run from its last complete round "
+                "(its scenario.json; --set still applies)",
+            )
+    work = sub.add_parser(
+        "worker",
+        help="serve a SuperNode's messages from a warm process (its --node-config names "
+        "worker-socket=PATH)",
+    )
+    work.add_argument("--socket", required=True, help="the unix socket to listen on (mode 0600)")
+    certs = sub.add_parser(
+        "certs", help="create a CA, the SuperLink's TLS certificate and SuperNode key pairs"
+    )
+    certs.add_argument("out_dir", help="directory to write into (new, or without these files)")
+    certs.add_argument(
+        "--nodes", type=_count, default=2, help="SuperNode key pairs (default 2, at most 10000)"
+    )
+    certs.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host name or IP address SuperNodes use to reach the SuperLink (repeatable; "
+        "localhost, 127.0.0.1, ::1 and superlink are always included)",
+    )
+    shards = sub.add_parser(
+        "shards", help="write each client's shard of a scenario's data as DIR/node-<i>/data.jsonl"
+    )
+    shards.add_argument("scenario", help="scenario YAML file, or a shipped name")
+    shards.add_argument("out_dir")
+    shards.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    audit = sub.add_parser(
+        "audit",
+        help="attack a finished simulated run: token recovery from a client's update and "
+        "membership inference on the final model (audit.json)",
+    )
+    audit.add_argument("run_dir")
+    audit.add_argument(
+        "--batch-size", type=_positive, help="texts per attacked update (default: the run's)"
+    )
+    audit.add_argument("--batches", type=_positive, default=8, help="updates attacked (default 8)")
+    audit.add_argument(
+        "--inversion-steps",
+        type=_non_negative,
+        default=100,
+        help="gradient-matching steps per attacked update (default 100; 0: word rows only)",
+    )
+    audit.add_argument(
+        "--max-examples",
+        type=_positive,
+        default=500,
+        help="members and as many non-members for membership inference (default 500)",
+    )
+    report = sub.add_parser("report", help="write report.md/report.html (and figures) for a run")
+    report.add_argument("run_dir")
+    comp = sub.add_parser("compare", help="overlay curves and tabulate several runs")
+    comp.add_argument("run_dirs", nargs="+")
+    comp.add_argument(
+        "--output", help="where to write compare.md/.html/.png (default runs/compare-<time>)"
+    )
+    pred = sub.add_parser("predict", help="label texts with a saved model (label, probability)")
+    pred.add_argument("model_dir")
+    pred.add_argument("texts", nargs="*")
+    pred.add_argument(
+        "--file",
+        help="a UTF-8 file of texts, one per line (blank lines skipped); a .jsonl file: one "
+        'object per line, {"text": ..., feature: value, ...} (a fusion model\'s features)',
+    )
+    export = sub.add_parser(
+        "export",
+        help="a quantized copy of a saved model for CPU inference (size and test accuracy "
+        "against fp32 in OUT/export.json)",
+    )
+    export.add_argument("model_dir")
+    export.add_argument("out_dir", help="the export's directory (new, or empty)")
+    export.add_argument(
+        "--quantize",
+        choices=["int8", "onnx-int8"],
+        required=True,
+        help="int8: PyTorch dynamic int8 quantization of the Linear layers; onnx-int8: the "
+        "model as ONNX, int8 by ONNX Runtime's dynamic quantization, run by ONNX Runtime "
+        "(text-only models; faster on CPU)",
+    )
+    serve = sub.add_parser("serve", help="serve a saved model over HTTP (POST /predict)")
+    serve.add_argument("model_dir")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument(
+        "--api-key-file",
+        help="API keys, one per line: /predict and /metrics then need "
+        "'Authorization: Bearer KEY' (or 'X-API-Key: KEY'); /health stays open",
+    )
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="server processes (each loads the model)"
+    )
+    return parser
