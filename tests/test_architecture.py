@@ -80,3 +80,41 @@ def test_every_imported_package_is_declared() -> None:
         if DISTRIBUTIONS.get(name, name).replace("_", "-") not in declared
     )
     assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
+
+
+LAYERS = ("", "data", "modeling", "runs", "federation", "serve", "launch", "audit", "cli")
+"""fedtune's packages, lowest first: a module imports only from its own package and lower
+ones. "" is the base: config, errors, atomic writes, bounded YAML, records."""
+CLIENT_SIDE = "fedtune.federation.client"
+SERVER_SIDE = ("fedtune.federation.server", "fedtune.federation.strategies")
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) < 2 or parts[1] not in LAYERS:
+        return 0  # fedtune, fedtune.config..., fedtune.errors, ...
+    return LAYERS.index(parts[1])
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    imports = _imports()
+    upward = sorted(
+        f"{name} -> {target}"
+        for name, names in imports.items()
+        for target in names
+        if target.startswith("fedtune.") and target in imports and _layer(target) > _layer(name)
+    )
+    assert not upward, f"imports of a higher layer: {upward}"
+
+
+def test_the_client_side_never_imports_the_server_side() -> None:
+    """A ClientApp (and the warm worker) loads nothing of the server: no strategy, no round
+    loop, not even lazily."""
+    crossing = sorted(
+        f"{name} -> {target}"
+        for name, names in _imports().items()
+        if name.startswith(CLIENT_SIDE)
+        for target in names
+        if target.startswith(SERVER_SIDE)
+    )
+    assert not crossing, f"client modules importing the server side: {crossing}"

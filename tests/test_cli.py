@@ -19,7 +19,7 @@ from conftest import fedtune, write_scenario
 
 from fedtune import cli
 from fedtune.cli import COMMANDS, main
-from fedtune.launch import deploy, simulation
+from fedtune.launch import baselines, deploy, simulation, teardown
 from fedtune.runs.checkpoint import load_checkpoint
 
 
@@ -47,7 +47,7 @@ def test_output_dirs_are_checked_before_anything_starts(
 
     for target, name in (
         (simulation, "run_federated"),
-        (simulation, "run_centralized"),
+        (baselines, "run_centralized"),
         (simulation, "check_inputs"),
         (deploy, "deploy"),
     ):
@@ -216,7 +216,7 @@ def test_the_stop_kills_children_before_their_parents(monkeypatch) -> None:
 
     raylet = subprocess.Popen([sys.executable, "-c", RAYLET], stdout=subprocess.PIPE, text=True)
     agent = psutil.Process(int(raylet.stdout.readline()))
-    tree = [d for d in simulation._descendants() if d[0] in (raylet.pid, agent.pid)]
+    tree = [d for d in teardown.descendants() if d[0] in (raylet.pid, agent.pid)]
     kill = os.kill
 
     def kill_and_exit_with_the_raylet(pid: int, signum: int) -> None:
@@ -227,7 +227,7 @@ def test_the_stop_kills_children_before_their_parents(monkeypatch) -> None:
     monkeypatch.setattr(auto_init_hook, "enable_auto_connect", auto_init_hook.enable_auto_connect)
     monkeypatch.setattr(os, "kill", kill_and_exit_with_the_raylet)
     with contextlib.suppress(DriverExited):
-        simulation._stop_ray(tree)
+        teardown.stop_ray(tree)
     monkeypatch.undo()
     try:
         deadline = time.monotonic() + 5

@@ -13,15 +13,14 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast, DataCollatorWithPadding
 
 from fedtune.data.corpus import DataError
-from fedtune.modeling.fusion import (
+from fedtune.data.tabular import (
     CategoricalColumn,
-    FusionConfig,
-    FusionModel,
     NumericColumn,
     TabularSpec,
     encode_tabular,
     with_tabular,
 )
+from fedtune.modeling.fusion import FusionConfig, FusionModel
 
 SPEC = TabularSpec(
     numeric=(

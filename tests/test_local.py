@@ -13,7 +13,7 @@ from conftest import fedtune, write_scenario
 
 from fedtune.cli import main
 from fedtune.data.corpus import build_federated_data, client_splits
-from fedtune.launch import simulation
+from fedtune.launch import baselines
 
 
 def _weighted(pairs: list[tuple[float, int]]) -> float:
@@ -89,7 +89,7 @@ def test_local_budget_follows_the_share_of_rounds_a_client_is_sampled(
         partition={"kind": "iid", "num_clients": 4},
         federation={"rounds": 2, "fraction_train": 0.5, "min_available_nodes": 4},
     )
-    summary = simulation.run_local_only(scenario, quiet=True)
+    summary = baselines.run_local_only(scenario, quiet=True)
     data = build_federated_data(scenario)
     for client in summary["clients"]:
         train, _ = client_splits(data, client["partition_id"], scenario.data.val_size, 7)

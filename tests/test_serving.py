@@ -27,7 +27,8 @@ from fedtune.cli import predict as cli_predict
 from fedtune.launch.certs import make_certs
 from fedtune.modeling.model import ModelError
 from fedtune.serve import app as serving
-from fedtune.serve.app import BodyLimit, MicroBatcher, Predictor, create_app
+from fedtune.serve.app import BodyLimit, create_app
+from fedtune.serve.predictor import MicroBatcher, Predictor
 
 POSITIVE = ["great", "love", "thanks", "friendly", "awesome", "smooth"]
 NEGATIVE = ["awful", "late", "rude", "lost", "delayed", "cancelled"]

@@ -19,14 +19,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from fedtune.audit.privacy import inversion_audit
 from fedtune.cli import main
+from fedtune.data import tabular
 from fedtune.data.corpus import build_federated_data, federated_data, load_node_file, tokenize
 from fedtune.errors import DataError
 from fedtune.federation.client.app import build_client_app
-from fedtune.modeling import fusion
 from fedtune.modeling.model import load_model, load_tokenizer, trainable_weights
 from fedtune.records import from_record, to_record
 from fedtune.runs.report import write_report
-from fedtune.serve.app import Predictor, create_app
+from fedtune.serve.app import create_app
+from fedtune.serve.predictor import Predictor
 
 TABULAR = {
     "numeric": {"age": {"mean": 40.0, "std": 15.0}, "score": {"mean": 0.0, "std": 1.0}},
@@ -174,9 +175,9 @@ def test_the_saved_fusion_model_predicts_and_serves_text_plus_features(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     batch = tokenizer(["great thanks", "late again"], return_tensors="pt", padding=True)
     rows = [{"age": 30, "score": 1.5, "city": "rome"}, {"score": -1.0, "city": "tokyo"}]
-    features = fusion.encode_tabular(
+    features = tabular.encode_tabular(
         {name: [row.get(name) for row in rows] for name in ("age", "score", "city")},
-        fusion.TabularSpec.from_dict(model.config.tabular),
+        tabular.TabularSpec.from_dict(model.config.tabular),
     )
     with torch.no_grad():
         probs = model.eval()(**batch, **features).logits.softmax(-1)

@@ -282,7 +282,7 @@ def audit_run(
 ) -> dict:
     """Both attacks on a finished simulated run; the result, also written to audit.json."""
     from fedtune.runs.report import read_run
-    from fedtune.serve.app import Predictor
+    from fedtune.serve.predictor import Predictor
 
     if not (run_dir / "scenario.json").is_file():
         raise AuditError(f"{run_dir}: not a fedtune run (no scenario.json)")

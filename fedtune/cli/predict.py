@@ -94,9 +94,9 @@ def predict_command(args: argparse.Namespace) -> int:
     path = _check_text_file(args.file) if args.file else None
     if not args.texts and path is None:
         raise UsageError("give texts as arguments or --file FILE")
-    from fedtune.serve import app as serving
+    from fedtune.serve.predictor import Predictor
 
-    predictor = serving.Predictor(args.model_dir)
+    predictor = Predictor(args.model_dir)
 
     def examples() -> Iterator[Example]:
         yield from ((text, None) for text in args.texts)
@@ -140,9 +140,9 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from fedtune.serve import app as serving
+    from fedtune.serve.app import serve
 
-    serving.serve(
+    serve(
         args.model_dir,
         args.host,
         args.port,

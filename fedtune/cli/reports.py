@@ -67,6 +67,6 @@ def compare_command(args: argparse.Namespace) -> int:
     for name in COMPARE_FILES:
         if (out / name).exists():
             raise UsageError(f"{out / name}: already exists; choose another --output")
-    from fedtune.runs import report
+    from fedtune.runs.compare import compare
 
-    return _report_call(lambda: report.compare(run_dirs, out), str(out))
+    return _report_call(lambda: compare(run_dirs, out), str(out))

@@ -109,16 +109,16 @@ def _interrupted_run(exc: KeyboardInterrupt) -> NoReturn:
 
 def centralized_command(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
-    from fedtune.launch import simulation
+    from fedtune.launch import baselines
 
-    return _finished(simulation.run_centralized(scenario, args.quiet))
+    return _finished(baselines.run_centralized(scenario, args.quiet))
 
 
 def local_command(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
-    from fedtune.launch import simulation
+    from fedtune.launch import baselines
 
-    return _finished(simulation.run_local_only(scenario, args.quiet))
+    return _finished(baselines.run_local_only(scenario, args.quiet))
 
 
 def deploy_command(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ attack, validation and output (privacy has its own module)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Literal, NamedTuple
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -112,6 +113,10 @@ class PartitionConfig(PluginSection):
     num_clients: int = Field(4, ge=1)
 
 
+STRATEGY_REGISTRY = "fedtune.federation.strategies"
+"""Read when validating, by name: the config imports nothing above it."""
+
+
 class ClientResources(Section):
     num_cpus: float = Field(1.0, gt=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
@@ -147,19 +152,20 @@ class FederationConfig(Section):
     @field_validator("strategy")
     @classmethod
     def _registered(cls, name: str) -> str:
-        from fedtune.federation.strategies import STRATEGIES  # imports flwr; only when validating
-
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+        strategies = importlib.import_module(STRATEGY_REGISTRY).STRATEGIES  # imports flwr
+        if name not in strategies:
+            raise ValueError(f"unknown strategy {name!r}; one of {', '.join(strategies)}")
         return name
 
     @field_validator("strategy_params")
     @classmethod
     def _fit_strategy(cls, params: dict, info: ValidationInfo) -> dict:
-        from fedtune.federation.strategies.params import check_strategy_params  # imports flwr
-
         name = info.data.get("strategy")
-        return params if name is None else check_strategy_params(name, params)
+        if name is None:
+            return params
+        return importlib.import_module(f"{STRATEGY_REGISTRY}.params").check_strategy_params(
+            name, params
+        )
 
     def nodes(self, num_clients: int) -> FederationNodes:
         """The minimum node counts for a federation of `num_clients`, nulls resolved."""

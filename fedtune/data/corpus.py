@@ -37,7 +37,7 @@ TWEET_SOURCES = ("airline-tweets", "aapl-tweets")
 MOVIELENS = "movielens-100k"
 BUILTIN_SOURCES = (*TWEET_SOURCES, MOVIELENS)
 FEATURES = ("numeric", "categorical")
-"""The encoded tabular columns (`fedtune.modeling.fusion.encode_tabular`) batched beside the
+"""The encoded tabular columns (`fedtune.data.tabular.encode_tabular`) batched beside the
 tokens."""
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -267,7 +267,7 @@ def build_federated_data(scenario: Scenario) -> FederatedData:
     if part.kind == "natural" and part.column not in ds.column_names:
         raise DataError(f"partition.column {part.column!r} not among the columns {ds.column_names}")
     if data.tabular is not None:  # a bad value fails here, before any process starts
-        from fedtune.modeling.fusion import encode_tabular, spec_from_config
+        from fedtune.data.tabular import encode_tabular, spec_from_config
 
         encode_tabular(
             ds.select_columns(list(data.tabular.columns))[:], spec_from_config(data.tabular)
@@ -386,7 +386,7 @@ def tokenize(
     """Token ids and labels only, unpadded (padding happens per batch), plus the encoded
     tabular features (`FEATURES`) when the data section declares some."""
     if tabular is not None:
-        from fedtune.modeling.fusion import spec_from_config, with_tabular
+        from fedtune.data.tabular import spec_from_config, with_tabular
 
         ds = with_tabular(ds, spec_from_config(tabular))
     encoded = ds.map(

@@ -1,49 +1,39 @@
-"""Runtimes: the federated simulation (Flower Simulation Engine, Ray), the centralized
-baseline on the union of the clients' data with the same sample budget, and the local-only
-baseline (each client alone on its own data, with the budget the federation gives it)."""
+"""The federated simulation (Flower Simulation Engine, Ray): inputs checked before Ray
+starts, the run directory, and the run itself (its teardown is `fedtune.launch.teardown`,
+the baselines `fedtune.launch.baselines`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import socket
-import sys
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import datasets
-import torch
 from flwr.common.logger import console_handler
 from flwr.simulation import run_simulation
 
 from fedtune.config import Scenario, ScenarioError
 from fedtune.data.corpus import (
-    FederatedData,
     client_splits,
     federated_data,
-    label_table,
-    make_loader,
-    server_eval_data,
-    tokenize,
 )
 from fedtune.errors import FedtuneError, first_line
 from fedtune.federation.client.app import build_client_app
-from fedtune.federation.client.node import run_seed
-from fedtune.federation.process import PARENT, START_TIME, STATE, stat_fields
-from fedtune.federation.server.app import GlobalModel, build_server_app, seed_everything
-from fedtune.modeling.model import check_model, load_weights, trainable_weights
-from fedtune.modeling.train import evaluate, train_steps
+from fedtune.federation.server.app import build_server_app
+from fedtune.launch.teardown import (
+    NoSigtermNotice,
+    capture_stop_event,
+    stop_ray,
+)
+from fedtune.modeling.model import check_model
 from fedtune.runs.checkpoint import load_checkpoint
 from fedtune.runs.directory import check_output_dir
-from fedtune.runs.recorder import Progress, RunRecorder, default_run_dir
+from fedtune.runs.recorder import default_run_dir
 
 
 class _QuietConsole(logging.Filter):
@@ -204,7 +194,6 @@ def run_federated(
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-RAY_SHUTDOWN_SECONDS = 5.0
 
 
 def simulate(run_dir: Path, **kwargs: Any) -> None:
@@ -229,7 +218,7 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
 
     def on_signal(signum: int, frame: object) -> None:
         if not received:
-            descendants.extend(_descendants())  # before any of them exits or is reparented
+            descendants.extend(descendants())  # before any of them exits or is reparented
             for event in stop_events:
                 event.set()
         received.append(signum)
@@ -245,11 +234,11 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
     # ray.init, now in a worker thread, says it cannot install its SIGTERM handler (the
     # handler that made SIGTERM abort the interpreter): fedtune's own handles SIGTERM.
     ray_logger = logging.getLogger("ray._private.worker")
-    if not any(isinstance(f, _NoSigtermNotice) for f in ray_logger.filters):
-        ray_logger.addFilter(_NoSigtermNotice())
+    if not any(isinstance(f, NoSigtermNotice) for f in ray_logger.filters):
+        ray_logger.addFilter(NoSigtermNotice())
     previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
-        with _capture_stop_event(stop_events):
+        with capture_stop_event(stop_events):
             worker = threading.Thread(target=target, name="fedtune-simulation", daemon=True)
             worker.start()
             while not received and not done.wait(0.1):
@@ -262,7 +251,7 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
             # simulation thread, which outlives this call: the user asked for the stop, so
             # Flower's log stays quiet from here on (the process is ending).
             logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
-            _stop_ray(descendants)
+            stop_ray(descendants)
             raise Interrupted(received[0], run_dir)
     finally:
         for signum, handler in previous.items():
@@ -280,198 +269,3 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
         raise SimulationError(
             f"the simulation stopped: {type(cause).__name__}: {detail}{where}"
         ) from exc
-
-
-class _NoSigtermNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _capture_stop_event(sink: list[threading.Event]) -> Iterator[None]:
-    """Collect the stop event (`f_stop`) that `run_simulation` hands its ServerApp thread
-    and its message loop; setting it stops the loop from moving messages either way. Flower
-    1.42 internals: where they change, nothing is collected and Ray's shutdown alone stops
-    the run."""
-    module = sys.modules.get("flwr.simulation.run_simulation")
-    original: Callable | None = getattr(module, "run_serverapp_th", None)
-    if original is None:
-        yield
-        return
-
-    def run_serverapp_th(*args: Any, **kwargs: Any) -> Any:
-        if isinstance(kwargs.get("f_stop"), threading.Event):
-            sink.append(kwargs["f_stop"])
-        return original(*args, **kwargs)
-
-    module.run_serverapp_th = run_serverapp_th
-    try:
-        yield
-    finally:
-        module.run_serverapp_th = original
-
-
-def _stop_ray(descendants: list[tuple[int, str]]) -> None:
-    """`ray.shutdown()` (at most RAY_SHUTDOWN_SECONDS), then SIGKILL every process of
-    `descendants` (pid, start time, parents first) that still runs: Ray's GCS, raylet,
-    agents and workers.
-
-    Two races: Flower's simulation thread, still calling Ray, would start a second cluster
-    through Ray's auto-init once the first is shut down; and this driver exits at once when
-    its raylet dies, so the raylet's children (its agents) are killed before it: children
-    before parents."""
-    import ray
-    from ray._private import auto_init_hook
-
-    auto_init_hook.enable_auto_connect = False  # what RAY_ENABLE_AUTO_CONNECT=0 sets
-
-    def shutdown() -> None:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-
-    helper = threading.Thread(target=shutdown, name="fedtune-ray-shutdown", daemon=True)
-    helper.start()
-    helper.join(RAY_SHUTDOWN_SECONDS)
-    deadline = time.monotonic() + 5.0
-    for pid, started in reversed(descendants):
-        if _start_time(pid) == started:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-    while time.monotonic() < deadline and any(
-        _start_time(pid) == started for pid, started in descendants
-    ):
-        time.sleep(0.05)  # zombies of our own children count as gone (see _start_time)
-
-
-def _start_time(pid: int) -> str | None:
-    """A live process's start time (to tell it from a later one with the same pid); None
-    when it is gone or a zombie."""
-    fields = stat_fields(pid)
-    return None if fields is None or fields[STATE] in ("Z", "X") else fields[START_TIME]
-
-
-def _descendants() -> list[tuple[int, str]]:
-    """(pid, start time) of every process below this one, parents before their children
-    (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    started: dict[int, str] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            fields = stat_fields(entry.name)
-            if fields is None:
-                continue
-            children.setdefault(int(fields[PARENT]), []).append(int(entry.name))
-            started[int(entry.name)] = fields[START_TIME]
-    found, stack = [], list(children.get(os.getpid(), []))
-    while stack:
-        pid = stack.pop()
-        found.append((pid, started[pid]))
-        stack += children.get(pid, [])
-    return found
-
-
-def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
-    """Train one model on the union of the clients' training splits, with the sample
-    budget of the federated run, evaluating at every round-equivalent."""
-    check_inputs(scenario)
-    run_dir = prepare_run_dir(scenario, "centralized")
-    seed_everything(scenario.seed)
-    fed = federated_data(scenario)
-    cfg, fl, n = scenario.training, scenario.federation, scenario.partition.num_clients
-    union = datasets.concatenate_datasets(
-        [client_splits(fed, pid, scenario.data.val_size, scenario.seed)[0] for pid in range(n)]
-    )
-    share = scenario.clients_per_round / n  # of the clients train each round
-    per_round = max(1, math.ceil(share * cfg.local_epochs * len(union)))
-    budget = per_round * fl.rounds
-    server = GlobalModel.load(scenario, fed.test, fed.label_names)
-    train = tokenize(union, server.tokenizer, scenario.model.max_length, scenario.data.tabular)
-    train_loader = make_loader(
-        train, server.tokenizer, cfg.batch_size, scenario.seed, cfg.group_by_length
-    )
-    rounds_done = 0
-    with (
-        RunRecorder(run_dir, scenario, "centralized", n) as recorder,
-        Progress(fl.rounds, quiet=quiet) as progress,
-    ):
-
-        def checkpoint(server_round: int) -> None:
-            metrics = server.evaluate()
-            recorder.round_done(server_round, metrics, progress.round_done(server_round, metrics))
-            server.model.train()
-
-        def on_step(seen: int) -> None:
-            nonlocal rounds_done
-            progress.update(rounds_done + 1, f"training: {seen}/{budget} examples")
-            while rounds_done < fl.rounds and seen >= per_round * (rounds_done + 1):
-                rounds_done += 1
-                checkpoint(rounds_done)
-
-        checkpoint(0)
-        train_steps(server.model, train_loader, cfg, server.device, budget, on_step)
-        if scenario.output.save_model:
-            recorder.save_model(server.model, server.tokenizer)
-        return recorder.finish()
-
-
-def run_local_only(scenario: Scenario, quiet: bool = False) -> dict:
-    """Each client alone: a fresh copy of the federation's seeded initial model, trained on
-    the client's own training split for the examples the federation has it train (rounds x
-    local_epochs over its split, times the share of rounds it is sampled for), then
-    evaluated on its own validation split and on the test split the federation's server
-    evaluates on. No model is saved."""
-    check_inputs(scenario)
-    run_dir = prepare_run_dir(scenario, "local")
-    seed_everything(scenario.seed)
-    fed = federated_data(scenario)
-    n = scenario.partition.num_clients
-    server = GlobalModel.load(scenario, *server_eval_data(scenario))
-    initial = trainable_weights(server.model)
-    with (
-        RunRecorder(run_dir, scenario, "local", n) as recorder,
-        Progress(n, quiet=quiet) as progress,
-    ):
-        recorder.write_partition(label_table(fed))
-        for pid in range(n):
-            load_weights(server.model, initial)
-            result = _train_alone(scenario, fed, server, pid, progress)
-            recorder.client_done(result)
-            val, test = result["val"], result["test"]
-            progress.line(
-                f"client {pid + 1}/{n} ({result['name']})  own validation accuracy "
-                f"{val.get('accuracy', float('nan')):.4f}  test accuracy {test['accuracy']:.4f}  "
-                f"macro-F1 {test['macro_f1']:.4f}  ({result['seconds']:.1f}s)"
-            )
-        return recorder.finish()
-
-
-def _train_alone(
-    scenario: Scenario, fed: FederatedData, server: GlobalModel, pid: int, progress: Progress
-) -> dict:
-    """Train `server.model` on client `pid`'s training split alone; its metrics line."""
-    started = time.perf_counter()
-    cfg, tokenizer = scenario.training, server.tokenizer
-    train, val = (
-        tokenize(split, tokenizer, scenario.model.max_length, scenario.data.tabular)
-        for split in client_splits(fed, pid, scenario.data.val_size, scenario.seed)
-    )
-    share = scenario.clients_per_round / scenario.partition.num_clients
-    budget = max(1, math.ceil(share * scenario.federation.rounds * cfg.local_epochs * len(train)))
-    seed = run_seed(scenario.seed, 0, pid)  # as a federated client seeds its training
-    torch.manual_seed(seed)
-    loader = make_loader(train, tokenizer, cfg.batch_size, seed, cfg.group_by_length)
-    progress.status.update(f"client {pid + 1}/{scenario.partition.num_clients}: training")
-    trained = train_steps(server.model, loader, cfg, server.device, budget)
-    val_loader = make_loader(val, tokenizer, cfg.eval_batch_size)
-    return {
-        "partition_id": pid,
-        "name": fed.client_name(pid),
-        "num_examples": len(train),
-        "examples_trained": trained.num_examples,
-        "train_loss": trained.mean_loss,
-        "val": evaluate(server.model, val_loader, server.device),
-        "test": server.evaluate(),
-        "seconds": round(time.perf_counter() - started, 3),
-    }

@@ -1,4 +1,5 @@
-"""Looking at finished runs: figures, `fedtune report` and `fedtune compare`."""
+"""Looking at a finished run: its figures and `fedtune report` (the comparison of several
+is `fedtune.runs.compare`)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def read_run(run_dir: Path) -> dict:
     return run
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -91,7 +92,7 @@ def plot_curves(run: dict, path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _mean(values: object) -> float | None:
@@ -112,7 +113,7 @@ def plot_client_spread(run: dict, path: Path) -> Path | None:
     ax.boxplot([accs for _, accs in data], tick_labels=[str(i) for i, _ in data])
     ax.set(xlabel="round", ylabel="client validation accuracy", title="per-client accuracy")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 NAMED_CLIENT_ROWS = 40
@@ -141,7 +142,7 @@ def plot_partition(run: dict, path: Path) -> Path | None:
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label="examples")
     ax.set_title("label distribution per client")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_series(run: dict, keys: tuple[str, ...], ylabel: str, path: Path) -> Path | None:
@@ -157,7 +158,7 @@ def plot_series(run: dict, keys: tuple[str, ...], ylabel: str, path: Path) -> Pa
     ax.set(xlabel="round", ylabel=ylabel, title=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_membership_roc(run: dict, path: Path) -> Path | None:
@@ -172,7 +173,7 @@ def plot_membership_roc(run: dict, path: Path) -> Path | None:
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="membership inference")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_local(run: dict, path: Path) -> Path:
@@ -190,7 +191,7 @@ def plot_local(run: dict, path: Path) -> Path:
     ax.set(ylabel="accuracy", title="each client trained alone")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_figures(run_dir: Path) -> list[Path]:
@@ -251,7 +252,7 @@ def _majority_line(majority: dict | None) -> list[str]:
     ]
 
 
-def _markdown_table(header: list[str], rows: list[list[object]]) -> str:
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -263,7 +264,7 @@ def _cell(value: object) -> str:
     return "—" if value is None else str(value)
 
 
-def _html(markdown_text: str, base: Path, title: str) -> str:
+def html_page(markdown_text: str, base: Path, title: str) -> str:
     """Self-contained HTML: the markdown rendered, PNGs inlined as data URIs."""
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
 
@@ -289,7 +290,7 @@ def write_report(run_dir: Path) -> Path:
     extra = task_keys([final])
     parts = [
         f"# fedtune run: {summary['scenario']} ({summary['mode']})",
-        _markdown_table(
+        markdown_table(
             ["clients", "rounds", *metric_header(extra), "wall s", "bytes up", "bytes down"],
             [
                 [
@@ -311,7 +312,7 @@ def write_report(run_dir: Path) -> Path:
         table = run["partition"]
         parts += [
             "## Partition",
-            _markdown_table(
+            markdown_table(
                 ["client", "examples", *table["labels"]],
                 [
                     [c["name"], c["num_examples"], *c["label_counts"].values()]
@@ -324,7 +325,7 @@ def write_report(run_dir: Path) -> Path:
     if classes:
         parts += [
             "## Final classification report (server test split)",
-            _markdown_table(
+            markdown_table(
                 ["class", "precision", "recall", "F1", "support"],
                 [
                     [
@@ -345,7 +346,7 @@ def write_report(run_dir: Path) -> Path:
         ]
     text = "\n\n".join(parts) + "\n"
     write_atomic(run_dir / "report.md", text)
-    write_atomic(run_dir / "report.html", _html(text, run_dir, f"fedtune {summary['scenario']}"))
+    write_atomic(run_dir / "report.html", html_page(text, run_dir, f"fedtune {summary['scenario']}"))
     return run_dir / "report.md"
 
 
@@ -374,7 +375,7 @@ def _audit_section(audit: dict) -> list[str]:
     header = ["epsilon", "PEFT", "codec", "batch size", "inversion", "token P / R / F1"]
     return [
         "## Privacy audit (`fedtune audit`)",
-        _markdown_table([*header, "ROUGE-L", "membership AUC", "TPR at 1% FPR"], rows),
+        markdown_table([*header, "ROUGE-L", "membership AUC", "TPR at 1% FPR"], rows),
         f"Inversion: {inv['batches']} updates, {inv['view']}. Membership: "
         f"{member['members']} members against {member['non_members']} held-out texts.",
     ]
@@ -389,7 +390,7 @@ def _local_tables(summary: dict) -> list[str]:
         f"the federation has it train. Mean accuracy on the clients' own validation splits "
         f"{_cell(final['val_accuracy'])} (macro-F1 {_cell(final['val_macro_f1'])}); on the "
         f"server's test split {_cell(final['accuracy'])} (weighted by training examples).",
-        _markdown_table(
+        markdown_table(
             [
                 "client",
                 "train examples",
@@ -413,117 +414,3 @@ def _local_tables(summary: dict) -> list[str]:
             ],
         ),
     ]
-
-
-CLIENT_KEYS = ("seed", "data", "partition")
-"""Scenario sections that fix the clients and their validation splits."""
-
-
-def _worth_it(local: dict, fed: dict, names: tuple[str, str]) -> str | None:
-    """Per client, trained alone (a local-only run) vs the federated model, on the client's
-    own validation split (the federated run's last evaluation of it) and on the test split:
-    the "is federating worth it for me" table. None unless both runs have the same clients."""
-    scenarios = local.get("scenario"), fed.get("scenario")
-    if None in scenarios or any(scenarios[0].get(k) != scenarios[1].get(k) for k in CLIENT_KEYS):
-        return None
-    evaluated = {
-        c["partition-id"]: c
-        for r in fed["rounds"]
-        for c in r.get("clients", {}).get("evaluate", [])
-        if "eval_accuracy" in c and "partition-id" in c
-    }
-    rows, better = [], 0
-    for c in local["summary"]["clients"]:
-        alone = c["val"].get("accuracy")
-        together = evaluated.get(c["partition_id"], {}).get("eval_accuracy")
-        gain = None if None in (alone, together) else together - alone
-        better += gain is not None and gain > 0
-        rows.append(
-            [
-                c["name"],
-                alone,
-                together,
-                gain,
-                c["test"]["accuracy"],
-                fed["summary"]["final"]["accuracy"],
-            ]
-        )
-    return "\n\n".join(
-        [
-            f"## Is federating worth it? {names[0]} vs {names[1]}",
-            f"Federating gives {better} of {len(rows)} clients a better model on their own "
-            "validation split.",
-            _markdown_table(
-                [
-                    "client",
-                    "own val accuracy: alone",
-                    "federated",
-                    "gain",
-                    "test accuracy: alone",
-                    "federated",
-                ],
-                rows,
-            ),
-        ]
-    )
-
-
-def _worth_it_tables(runs: list[dict], names: list[str]) -> list[str]:
-    """`_worth_it` for every local-only run and every federated run of the same clients."""
-    tables = []
-    for local, local_name in zip(runs, names, strict=True):
-        for fed, fed_name in zip(runs, names, strict=True):
-            if (local["summary"]["mode"], fed["summary"]["mode"]) == ("local", "federated"):
-                table = _worth_it(local, fed, (local_name, fed_name))
-                tables += [table] if table else []
-    return tables
-
-
-def compare(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Overlay the runs' test curves (a local-only run's mean as a dashed line), tabulate
-    final metrics, bytes and time, and, for a local-only and a federated run of the same
-    clients, compare them per client (`_worth_it`)."""
-    runs = [read_run(d) for d in run_dirs]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"{r['summary']['scenario']} ({r['summary']['mode']}) [{r['dir'].name}]" for r in runs]
-    fig, axes = plt.subplots(1, 3, figsize=(12.0, 4.0))
-    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
-        local = run["summary"]["mode"] == "local"
-        for ax, key in zip(axes, CENTRAL_KEYS, strict=True):
-            if local:  # no rounds: the clients' mean after training alone
-                ax.axhline(run["summary"]["final"][key], ls="--", color=f"C{i}", label=name)
-            else:
-                x = [r["round"] for r in run["rounds"]]
-                ax.plot(x, [r[key] for r in run["rounds"]], marker="o", color=f"C{i}", label=name)
-            ax.set(xlabel="round", title=f"test {key}")
-            ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    _save(fig, out_dir / "compare.png")
-    extra = task_keys([r["summary"]["final"] for r in runs])
-    rows = [
-        [
-            name,
-            None if r["summary"]["mode"] == "local" else r["summary"]["rounds_completed"],
-            *metric_cells(r["summary"]["final"], extra),
-            r["summary"]["wall_seconds"],
-            r["summary"].get("bytes_up_total", 0),
-        ]
-        for name, r in zip(names, runs, strict=True)
-    ]
-    text = (
-        "\n\n".join(
-            [
-                "# fedtune comparison",
-                _markdown_table(
-                    ["run", "rounds", *metric_header(extra), "wall s", "bytes up"], rows
-                ),
-                "![compare](compare.png)",
-                *_worth_it_tables(runs, names),
-            ]
-        )
-        + "\n"
-    )
-    write_atomic(out_dir / "compare.md", text)
-    write_atomic(out_dir / "compare.html", _html(text, out_dir, "fedtune comparison"))
-    return out_dir / "compare.md"

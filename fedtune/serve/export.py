@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from fedtune.atomic import save_dir_atomic, write_json
 from fedtune.config import load_scenario
 from fedtune.data.corpus import LABEL, TEXT, federated_data
-from fedtune.serve.app import Predictor
+from fedtune.serve.predictor import Predictor
 from fedtune.serve.quantize import QUANTIZATIONS, ExportError, quantization_of, save_quantized
 
 REPORT = "export.json"
