@@ -13,6 +13,8 @@ import pytest
 from conftest import fedtune, write_scenario
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from fedtune.cli import main
+
 
 def check_outputs(run_dir: Path, mode: str, rounds: int, clients: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -115,13 +117,26 @@ def test_centralized_baseline(make_scenario, tmp_path: Path) -> None:
         (["--set", "federation.rounds"], "expected dotted.key=value"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(make_scenario, tmp_path: Path, overrides, message) -> None:
+def test_bad_input_exits_2_with_one_line(
+    make_scenario, tmp_path: Path, capsys, overrides, message
+) -> None:
     scenario = make_scenario()
     path = write_scenario(scenario, tmp_path / "tiny.yaml")
-    result = fedtune("run", str(path), *overrides)
+    assert main(["run", str(path), *overrides]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not Path(scenario.output.dir).exists(), "no partial output"
+
+
+@pytest.mark.slow("a fedtune process (its exit status and stderr)")
+def test_bad_input_from_the_command_is_one_line_and_exit_2(make_scenario, tmp_path: Path) -> None:
+    """The same through a real `fedtune` process: its exit status and its stderr."""
+    scenario = make_scenario()
+    path = write_scenario(scenario, tmp_path / "tiny.yaml")
+    result = fedtune("run", str(path), "--set", "data.label_column=stars")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines) == 1 and "data.label_column 'stars' not among" in lines[0], result.stderr
     assert not Path(scenario.output.dir).exists(), "no partial output"
 
 

@@ -80,10 +80,10 @@ def test_strategy_params_the_strategy_refuses_are_one_line_before_anything_start
         make_scenario(federation={"strategy": "fedtrimmedavg", "strategy_params": {"beta": 0.9}})
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_each_strategy_runs_a_round_end_to_end(make_scenario, tmp_path: Path, name: str) -> None:
+def _one_round(make_scenario, tmp_path: Path, name: str):
+    """A one-round scenario of 4 clients for strategy `name`, writing to tmp_path/run."""
     params = {"fedprox": {"proximal_mu": 0.1}, "fedtrimmedavg": {"beta": 0.25}}.get(name, {})
-    scenario = make_scenario(
+    return make_scenario(
         partition={"kind": "iid", "num_clients": 4},
         federation={
             "rounds": 1,
@@ -95,8 +95,34 @@ def test_each_strategy_runs_a_round_end_to_end(make_scenario, tmp_path: Path, na
         data={"val_size": 0.0},
         output={"dir": str(tmp_path / "run"), "save_model": False, "tensorboard": False},
     )
+
+
+def _check_round(run_dir: Path) -> None:
+    """All 4 clients trained and replied, and the aggregate moved the global model."""
+    line = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][1]
+    assert line["failures"]["train"] == {"sampled": 4, "replied": 4, "errors": 0, "timed_out": 0}
+    history = json.loads((run_dir / "summary.json").read_text())["history"]
+    assert history[1]["loss"] != history[0]["loss"], "the aggregate moved the global model"
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_each_strategy_runs_a_round_in_the_server_loop(
+    make_scenario, run_local, tmp_path: Path, name: str
+) -> None:
+    """Every registered strategy through the real round loop, its clients in-process."""
+    run_local(_one_round(make_scenario, tmp_path, name), name="run")
+    _check_round(tmp_path / "run")
+
+
+@pytest.mark.slow("a Ray simulation in a fedtune process")
+@pytest.mark.parametrize("name", ["fedavg", "scaffold"])
+def test_a_strategy_runs_a_round_on_ray(make_scenario, tmp_path: Path, name: str) -> None:
+    """The same through `fedtune run` on the Simulation Engine (Ray), in a subprocess:
+    FedAvg, and SCAFFOLD, whose clients keep state between messages."""
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    path.write_text(
+        yaml.safe_dump(_one_round(make_scenario, tmp_path, name).model_dump(mode="json"))
+    )
     result = subprocess.run(
         [sys.executable, "-m", "fedtune.cli", "run", "--quiet", str(path)],
         capture_output=True,
@@ -104,7 +130,4 @@ def test_each_strategy_runs_a_round_end_to_end(make_scenario, tmp_path: Path, na
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1]
-    assert line["failures"]["train"] == {"sampled": 4, "replied": 4, "errors": 0, "timed_out": 0}
-    history = json.loads((tmp_path / "run" / "summary.json").read_text())["history"]
-    assert history[1]["loss"] != history[0]["loss"], "the aggregate moved the global model"
+    _check_round(tmp_path / "run")

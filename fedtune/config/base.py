@@ -25,7 +25,11 @@ class Section(BaseModel):
     """Base of every section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, frozen=True, allow_inf_nan=False
+        extra="forbid",
+        validate_assignment=True,
+        frozen=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,  # a field's docstring is its description (the docs)
     )
 
 

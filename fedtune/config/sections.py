@@ -14,7 +14,7 @@ from fedtune.config.base import MAX_WAIT_SECONDS, PluginSection, Section
 class PeftSettings(PluginSection):
     """Parameter-efficient fine-tuning with HF `peft`: only the adapters and the
     classification head train and travel; the frozen backbone never leaves a node. The other
-    keys are the method's own (`rank`, `alpha`, ...: see the scenario reference)."""
+    keys are the method's own (`rank`, `alpha`, ...)."""
 
     registry = ("fedtune.modeling.adapters", "ADAPTERS")
     kind_key = "method"
@@ -103,7 +103,7 @@ class DataConfig(Section):
 
 class PartitionConfig(PluginSection):
     """How the training pool is split among the clients; the other keys are the kind's own
-    (`alpha`, `labels_per_client`, `column`: see the scenario reference)."""
+    (`alpha`, `labels_per_client`, `column`)."""
 
     registry = ("fedtune.data.partitioners", "PARTITIONERS")
 
@@ -226,8 +226,7 @@ class TrainingConfig(Section):
 
 class CodecConfig(PluginSection):
     """How a client's update travels to the server (the global model goes down as float32);
-    the other keys are the codec's own (`block_size`, `topk_fraction`, ...: see the scenario
-    reference)."""
+    the other keys are the codec's own (`block_size`, `topk_fraction`, ...)."""
 
     registry = ("fedtune.federation.codecs", "CODECS")
 
@@ -272,7 +271,7 @@ class FaultsConfig(Section):
 
 class AttackConfig(PluginSection):
     """Simulated Byzantine clients: a seeded `fraction` of the clients is malicious; the other
-    keys are the attack's own (`scale`, `noise_std`: see the scenario reference)."""
+    keys are the attack's own (`scale`, `noise_std`)."""
 
     registry = ("fedtune.federation.attacks", "ATTACKS")
 

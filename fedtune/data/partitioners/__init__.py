@@ -2,6 +2,8 @@
 
 A new kind is one file holding a builder (`PartitionConfig`, seed -> a flwr-datasets
 `Partitioner`) plus its entry in `PARTITIONERS`; `partition.kind` accepts every registered name.
+A builder that takes parameters declares them with `@takes(ParamsSection)`
+(`fedtune.config.base`): the `partition` section then accepts, validates and holds them.
 """
 
 from __future__ import annotations

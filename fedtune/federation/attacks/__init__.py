@@ -2,7 +2,8 @@
 
 A new attack is one file holding an `Attack` subclass (overriding `poison_data`, to train on
 poisoned data, and/or `poison_update`, to send a poisoned update) plus its entry in
-`ATTACKS`; `attack.kind` accepts every registered name.
+`ATTACKS`; `attack.kind` accepts every registered name. Its parameters, if any, are a `Params`
+section on the class (see `scale.py`): the `attack` section then accepts and validates them.
 """
 
 from __future__ import annotations

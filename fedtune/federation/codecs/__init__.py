@@ -5,7 +5,9 @@ as the parts of its codec, `name<suffix>` (`name` for `none`/`fp16`/`bf16`, `nam
 `name::scale` for `int8`, `name::idx` + `name::val` for `topk`,
 `name::bits` + `name::scale` for `onebit`). Unpacking needs the tensors'
 shapes, which the server has (the global weights). A new codec is one file holding a
-`Codec` subclass plus its entry in `CODECS`; `codec.kind` accepts every registered name.
+`Codec` subclass plus its entry in `CODECS`; `codec.kind` accepts every registered name. Its
+parameters, if any, are a `Params` section on the class (see `topk.py`): the `codec` section
+then accepts, validates and holds them.
 """
 
 from __future__ import annotations

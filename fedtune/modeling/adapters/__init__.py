@@ -2,7 +2,9 @@
 
 A new method is one file holding a builder (`PeftSettings` -> `peft.PeftConfig`, importing
 `peft` inside, as it is slow to import) plus its entry in `ADAPTERS`; `model.peft.method`
-accepts every registered name, and `none` (no adapters). A builder with a `frozen` attribute
+accepts every registered name, and `none` (no adapters). The builder declares its
+parameters with `@takes(ParamsSection)` (`fedtune.config.base`; see `lora.py`), which
+`model.peft` then accepts and validates. A builder with a `frozen` attribute
 (name fragments, e.g. `(".lora_A.",)`) keeps the adapter parameters whose names hold one
 frozen at their seeded initialisation: they neither train nor travel. One with a `personal`
 attribute keeps the parameters whose names hold one of its fragments on each node: they
