@@ -48,6 +48,8 @@ def test_a_plugins_parameters_come_with_its_kind() -> None:
     assert scenario.partition.alpha == 0.1
     assert (scenario.codec.topk_fraction, scenario.codec.dense_below) == (0.01, 4096)
     assert "alpha" not in load_scenario("quickstart").partition.model_dump()
+    switched = load_scenario("label_skew", {"partition.kind": "iid"})  # the file sets alpha
+    assert "alpha" not in switched.partition.model_dump(), "another kind's keys are dropped"
 
 
 @pytest.mark.parametrize("key", sorted(REQUIRED_OVERRIDES))
@@ -69,10 +71,10 @@ BAD_FILES = [
     ("training: {lr: -1}\n", "training.lr: Input should be greater than 0"),
     ("data: {test_size: 1.5}\n", "data.test_size: Input should be less than 1"),
     ("partition: {kind: natural}\n", "partition.column: Field required"),
-    ("partition: {alpha: 0.1}\n", "partition.alpha: not a parameter of kind 'iid'"),
-    ("codec: {kind: int8, topk_fraction: 0.1}\n", "parameters: block_size)"),
+    ("partition: {alpha_typo: 0.1}\n", "partition.alpha_typo: not a parameter of kind 'iid'"),
+    ("codec: {kind: int8, block: 8}\n", "parameters: block_size)"),
     ("codec: {kind: topk, topk_fraction: 2}\n", "codec.topk_fraction: Input should be less than"),
-    ("model: {peft: {method: ia3, rank: 4}}\n", "model.peft.rank: not a parameter of method"),
+    ("model: {peft: {method: ia3, ranks: 4}}\n", "model.peft.ranks: not a parameter of method"),
     ("attack: {kind: bogus}\n", "attack.kind: Input should be 'none'"),
     ("partition: {num_clients: 2}\nfederation: {min_available_nodes: 3}\n", "exceeds"),
     ("federation: [1, 2\n", "malformed YAML"),

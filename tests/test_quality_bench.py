@@ -146,8 +146,8 @@ def test_full_run_table_verdicts_and_plot(quality, bench) -> None:
 
     codecs = rows_by_variant(bench, "codecs")
     assert codecs["top-k 1% + EF"]["result"] == "-"  # as far at round 3, no extra rounds
-    assert codecs[quality.TOPK_WARMUP]["best"]
-    topk = codecs[quality.TOPK_WARMUP]
+    assert codecs[sys.modules["quality_cases"].TOPK_WARMUP]["best"]
+    topk = codecs[sys.modules["quality_cases"].TOPK_WARMUP]
     assert topk["result"] == "met" and "within at round 5 (+2)" in topk["detail"]
     assert topk["rounds"] == 3 and topk["last"]["round"] == 10
     assert codecs["int8"]["target"] == "(bytes plot)"
@@ -189,9 +189,14 @@ def test_quick_commands_are_small_and_keyed_apart(quality, bench) -> None:
     case = next(c for c in quality.CASES if c["name"] == "codecs")
     quick = quality.case_invocations(case, True)
     full = quality.case_invocations(case, False)
-    assert set(quick) == {"full FT", quality.TOPK_WARMUP, "centralized", "local"}
-    assert quick[quality.TOPK_WARMUP].get("federation.rounds") == "2"
-    assert full[quality.TOPK_WARMUP].get("federation.rounds") == "10"
+    assert set(quick) == {
+        "full FT",
+        sys.modules["quality_cases"].TOPK_WARMUP,
+        "centralized",
+        "local",
+    }
+    assert quick[sys.modules["quality_cases"].TOPK_WARMUP].get("federation.rounds") == "2"
+    assert full[sys.modules["quality_cases"].TOPK_WARMUP].get("federation.rounds") == "10"
     assert full["top-k 1% + EF"].get("federation.rounds") is None
     assert quick["full FT"].get("data.max_samples") == "300"
     assert quick["full FT"].key(True).endswith(" [quick]")

@@ -51,7 +51,8 @@ class PluginSection(Section):
     """A section whose `kind` names an entry of a registry (`registry`: module and attribute,
     imported when validating); the entry's `Params` (a Section declared next to the plugin;
     none: no parameters) declares the section's other keys, which it validates and which read
-    as attributes (`codec.topk_fraction`). Another plugin's keys are unknown keys."""
+    as attributes (`codec.topk_fraction`). Another plugin's keys are ignored (a file written
+    for one kind works with `--set kind=another`); a key no plugin takes is an error."""
 
     model_config = ConfigDict(extra="allow")
     registry: ClassVar[tuple[str, str]]
@@ -67,7 +68,8 @@ class PluginSection(Section):
         kind = data.get(cls.kind_key, cls.model_fields[cls.kind_key].default)
         own = {k: v for k, v in data.items() if k in cls.model_fields}
         params = cls.plugin_params(kind)
-        extra = {k: v for k, v in data.items() if k not in own}
+        other_kinds = cls.parameters_of_other_kinds(params)
+        extra = {k: v for k, v in data.items() if k not in own and k not in other_kinds}
         if unknown := sorted(set(extra) - set(params.model_fields)):
             takes = ", ".join(params.model_fields) or "none"
             error = f"not a parameter of {cls.kind_key} {kind!r} (its parameters: {takes})"
@@ -80,6 +82,17 @@ class PluginSection(Section):
         except ValidationError as err:
             raise ValidationError.from_exception_data(cls.__name__, _line_errors(err)) from None
         return handler({**own, **values.model_dump()})
+
+    @classmethod
+    def parameters_of_other_kinds(cls, params: type[Section]) -> set[str]:
+        """The keys other plugins take and `params` does not: ignored, as a file written for
+        one kind then works with `--set kind=another`."""
+        every = {
+            key
+            for p in cls.plugins().values()
+            for key in getattr(p, "Params", Section).model_fields
+        }
+        return every - set(params.model_fields)
 
     @classmethod
     def plugins(cls) -> dict[str, Any]:
