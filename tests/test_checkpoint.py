@@ -16,7 +16,7 @@ from fedtune.cli import main
 from fedtune.federation.server.app import run_server
 from fedtune.runs.checkpoint import CheckpointError, load_checkpoint
 
-PACKAGE = Path(__file__).resolve().parents[1] / "fedtune"
+PACKAGE = ROOT / "fedtune"
 
 
 class InterruptedGrid(LocalGrid):
