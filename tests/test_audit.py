@@ -72,6 +72,7 @@ def test_lora_and_dp_updates_leak_no_tokens_to_this_attack(make_scenario) -> Non
     assert found["rouge_l"] <= 0.1
 
 
+@pytest.mark.slow("optimizes a gradient-matching attack (30 s)")
 def test_gradient_matching_recovers_a_batch_from_its_gradient_and_not_from_noise(
     make_scenario,
 ) -> None:
@@ -124,6 +125,7 @@ def _random_labels(ds: datasets.Dataset, seed: int) -> datasets.Dataset:
     return ds.map(lambda row: {"label": int(rng.integers(3))}).cast(ds.features)
 
 
+@pytest.mark.slow("overfits a model to measure membership inference (10 s)")
 def test_membership_auc_is_chance_on_non_members_and_high_when_overfitted(
     make_scenario,
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LocalGrid
+from conftest import ROOT, LocalGrid
 
 from fedtune.cli import main
 from fedtune.federation.server.app import run_server

@@ -103,6 +103,7 @@ def test_a_run_that_aggregated_nothing_exits_1(
     assert "federated run of 'tiny': 2 rounds" in capsys.readouterr().out
 
 
+@pytest.mark.slow("a Ray simulation process")
 def test_a_run_whose_clients_all_fail_exits_1(make_scenario, tmp_path: Path) -> None:
     """The real simulation: every client crashes every round, so nothing is aggregated."""
     scenario = make_scenario(federation={"rounds": 1}, faults={"crash": 1.0})
@@ -187,6 +188,7 @@ def _interrupt(make_scenario, tmp_path: Path, signum: int, whole_group: bool) ->
     return proc.returncode, out, err, seconds, run_dir
 
 
+@pytest.mark.slow("interrupts a Ray simulation process and resumes it")
 def test_one_ctrl_c_stops_the_run_and_it_resumes(make_scenario, tmp_path: Path) -> None:
     code, out, err, seconds, run_dir = _interrupt(make_scenario, tmp_path, signal.SIGINT, True)
     assert code == 130, err[-3000:]
@@ -209,6 +211,7 @@ class DriverExited(Exception):
     """Raised where Ray's driver would exit: its raylet has just died."""
 
 
+@pytest.mark.slow("starts and stops a Ray cluster")
 def test_the_stop_kills_children_before_their_parents(monkeypatch) -> None:
     """Ray's driver exits the moment its raylet dies, so the stop kills the raylet's own
     children (Ray's agents) before the raylet."""
@@ -250,6 +253,7 @@ agent.wait()
 """
 
 
+@pytest.mark.slow("stops a Ray simulation process")
 def test_one_sigterm_stops_the_run_resumably(make_scenario, tmp_path: Path) -> None:
     code, out, err, seconds, run_dir = _interrupt(make_scenario, tmp_path, signal.SIGTERM, False)
     assert code == 143, err[-3000:]

@@ -102,6 +102,7 @@ def runs(tiny_model_dir: Path, toy_csv: Path, tmp_path_factory: pytest.TempPathF
     return out
 
 
+@pytest.mark.deploy("three deployments (TLS, node authentication) and a simulation")
 def test_deploy_with_tls_and_node_auth(runs: dict) -> None:
     run_dir = runs["deploy"]
     out = check_outputs(run_dir, "federated", rounds=2, clients=2)
@@ -120,6 +121,7 @@ def test_deploy_with_tls_and_node_auth(runs: dict) -> None:
         assert len(list((run_dir / "nodes" / f"node-{pid}" / "cache" / "shards").iterdir())) == 1
 
 
+@pytest.mark.deploy("reads the deployments of the module's fixture")
 def test_the_worker_keeps_each_node_loaded(runs: dict) -> None:
     """With `--worker`, a node's second message finds its model and shard loaded."""
     run_dir = runs["deploy-worker"]
@@ -132,6 +134,7 @@ def test_the_worker_keeps_each_node_loaded(runs: dict) -> None:
         assert "listening on" in (run_dir / "nodes" / f"node-{pid}" / "worker.log").read_text()
 
 
+@pytest.mark.deploy("reads the deployments of the module's fixture")
 @pytest.mark.parametrize("deployment", ["deploy", "deploy-worker"])
 def test_parity_with_simulation(runs: dict, deployment: str) -> None:
     """Same scenario and seed: the deployment (with or without the warm worker) ends with
@@ -169,6 +172,7 @@ def check_each_node_reads_only_its_own_file(run_dir: Path, audit: Path, source: 
     assert not server_side & node_files, "the server side never reads a node's file"
 
 
+@pytest.mark.deploy("reads the deployments of the module's fixture")
 @pytest.mark.parametrize("deployment", ["deploy", "deploy-worker"])
 def test_each_node_reads_only_its_own_file(runs: dict, deployment: str) -> None:
     """Every .csv/.jsonl a process opened, by the FLWR_HOME it runs under: a node's
@@ -177,6 +181,7 @@ def test_each_node_reads_only_its_own_file(runs: dict, deployment: str) -> None:
     check_each_node_reads_only_its_own_file(runs[deployment], audit, runs["source"])
 
 
+@pytest.mark.deploy("a SecAgg+ deployment")
 def test_with_secagg_each_node_reads_only_its_own_file(
     tiny_model_dir: Path, toy_csv: Path, tmp_path: Path
 ) -> None:
@@ -217,6 +222,7 @@ def _supernode(launcher: Launcher, name: str, *flags: str) -> tuple[int, str]:
     return code, log.read_text()
 
 
+@pytest.mark.deploy("a SuperLink with TLS and SuperNodes that it refuses")
 def test_unregistered_node_and_plaintext_are_refused(tls_superlink) -> None:
     launcher, _ = tls_superlink
     ca, key = launcher.certs / "ca.crt", launcher.certs / "node-1"
@@ -277,6 +283,7 @@ def namespaces() -> Iterator[list[tuple[str, str]]]:
             subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+@pytest.mark.deploy("a deployment across network namespaces")
 def test_superlink_and_nodes_on_separate_hosts(
     namespaces, tiny_model_dir: Path, toy_csv: Path, tmp_path: Path
 ) -> None:
@@ -308,6 +315,7 @@ def test_certs_command(tmp_path: Path) -> None:
     assert oct((tmp_path / "certs" / "node-0").stat().st_mode)[-3:] == "600"
 
 
+@pytest.mark.slow("a fedtune deploy process")
 def test_deploy_bad_input_exits_2(make_scenario, tmp_path: Path) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(make_scenario().model_dump(mode="json")))
@@ -317,6 +325,7 @@ def test_deploy_bad_input_exits_2(make_scenario, tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow("a fedtune shards process")
 def test_shards_command(make_scenario, tmp_path: Path) -> None:
     """`fedtune shards` writes each client's shard, as `fedtune deploy` gives its nodes."""
     path = tmp_path / "tiny.yaml"
@@ -333,7 +342,11 @@ def test_shards_command(make_scenario, tmp_path: Path) -> None:
     assert len({r["message"] for r in rows}) == len(rows), "shards are disjoint"
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+@pytest.mark.deploy("needs Debian's docker-compose (apt-get install docker-compose)")
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="needs docker-compose: apt-get install docker-compose",
+)
 def test_docker_compose_file_is_valid() -> None:
     result = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],

@@ -189,6 +189,7 @@ def test_length_grouped_batches_pad_less_and_cover_every_example(make_scenario) 
     assert grouped < shuffled
 
 
+@pytest.mark.slow("a Ray simulation process")
 def test_lora_int8_run_counts_bytes_per_client_and_saves_merged_model(
     make_scenario, tmp_path: Path
 ) -> None:

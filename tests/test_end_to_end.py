@@ -49,6 +49,7 @@ def check_outputs(run_dir: Path, mode: str, rounds: int, clients: int) -> dict:
     return {"summary": summary, "lines": lines}
 
 
+@pytest.mark.slow("a Ray simulation process and an int8 export")
 def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> None:
     scenario = make_scenario(data={"val_size": 0.2})
     path = write_scenario(scenario, tmp_path / "tiny.yaml")
@@ -90,6 +91,7 @@ def test_simulation_two_clients_two_rounds(make_scenario, tmp_path: Path) -> Non
     assert f"vs fp32 {report['fp32_accuracy']:.3f} ({change:+.1f} points, " in export.stdout
 
 
+@pytest.mark.slow("a fedtune centralized process")
 def test_centralized_baseline(make_scenario, tmp_path: Path) -> None:
     scenario = make_scenario(training={"lr": 5e-3, "batch_size": 16, "local_epochs": 2})
     path = write_scenario(scenario, tmp_path / "tiny.yaml")
@@ -140,6 +142,7 @@ def test_bad_input_from_the_command_is_one_line_and_exit_2(make_scenario, tmp_pa
     assert not Path(scenario.output.dir).exists(), "no partial output"
 
 
+@pytest.mark.slow("the real embedded model on real tweets")
 def test_real_embedded_model_beats_round_zero(tmp_path: Path) -> None:
     """The shipped quickstart, shrunk to a few hundred real airline tweets."""
     run_dir = tmp_path / "real"
@@ -165,6 +168,7 @@ def test_real_embedded_model_beats_round_zero(tmp_path: Path) -> None:
     assert history[-1]["accuracy"] > history[0]["accuracy"] + 0.1, history
 
 
+@pytest.mark.slow("flwr run . on Flower's Simulation Engine")
 def test_flwr_run_uses_the_same_app(make_scenario, tmp_path: Path) -> None:
     """`flwr run .` (Flower's own CLI, local simulation SuperLink) runs the fedtune app."""
     root = Path(__file__).resolve().parents[1]

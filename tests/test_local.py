@@ -20,6 +20,7 @@ def _weighted(pairs: list[tuple[float, int]]) -> float:
     return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
 
 
+@pytest.mark.slow("a Ray simulation process and a fedtune local process")
 def test_local_only_gets_the_federated_budget_and_shows_next_to_the_federation(
     make_scenario, run_local, tmp_path: Path, capsys
 ) -> None:

@@ -258,6 +258,7 @@ def test_label_flip_client_learns_the_wrong_labels(make_scenario, task_identity)
         assert np.mean(predicted == agrees_with) > 0.6 and np.mean(predicted == other) < 0.4
 
 
+@pytest.mark.slow("trains four strategies over several rounds under attack (40 s in-process)")
 def test_sign_flip_stalls_fedavg_not_robust_strategies(make_scenario, run_local) -> None:
     """5 clients, one (20%) sends -4x its update: FedAvg stalls at chance, Krum learns as
     fast as the clean run, FedMedian and FedTrimmedAvg learn more slowly (they also discard

@@ -24,6 +24,7 @@ def two_node_cluster() -> Iterator[str]:
         cluster.shutdown()
 
 
+@pytest.mark.slow("starts a two-node Ray cluster")
 def test_run_on_a_two_node_ray_cluster(make_scenario, tmp_path: Path, two_node_cluster) -> None:
     scenario = make_scenario(
         partition={"kind": "iid", "num_clients": 4},
@@ -42,6 +43,7 @@ def test_run_on_a_two_node_ray_cluster(make_scenario, tmp_path: Path, two_node_c
     assert len(nodes) == 2, f"clients ran on Ray nodes {nodes}"
 
 
+@pytest.mark.slow("waits for Ray to give up on an address")
 def test_an_unreachable_cluster_is_one_line(make_scenario, tmp_path: Path) -> None:
     path = write_scenario(make_scenario(), tmp_path / "tiny.yaml")
     result = fedtune("run", str(path), "--quiet", "--ray-address", "127.0.0.1:1")

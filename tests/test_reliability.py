@@ -554,6 +554,7 @@ def fedtune_run(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow("a Ray simulation with injected faults")
 def test_faults_dropout_and_crashes_run_to_completion(make_scenario, tmp_path: Path) -> None:
     scenario = make_scenario(
         partition={"kind": "iid", "num_clients": 4},
@@ -583,6 +584,7 @@ def test_faults_dropout_and_crashes_run_to_completion(make_scenario, tmp_path: P
     assert summary["failed_replies_total"] >= len(errors)
 
 
+@pytest.mark.slow("a Ray simulation that waits out its stragglers")
 def test_stragglers_past_the_deadline_do_not_hang_the_run(make_scenario, tmp_path: Path) -> None:
     scenario = make_scenario(
         federation={"rounds": 1, "min_available_nodes": 2, "round_timeout": 2.0},
@@ -625,6 +627,7 @@ KILL_CASES = {
 node's disk) must both survive a SIGKILL of the whole process tree."""
 
 
+@pytest.mark.slow("SIGKILLs a Ray simulation process and resumes it, twice per case")
 @pytest.mark.parametrize("sections", KILL_CASES.values(), ids=KILL_CASES.keys())
 def test_kill_and_resume_gives_the_same_weights_and_runs_are_deterministic(
     make_scenario, tmp_path: Path, sections: dict
@@ -702,6 +705,7 @@ def test_resume_survives_a_kill_between_the_checkpoint_renames(tmp_path: Path) -
         load_checkpoint(tmp_path / "elsewhere")
 
 
+@pytest.mark.slow("a Ray simulation")
 def test_simulation_partition_ids_read_from_the_link_state_match_the_nodes_answers() -> None:
     """The server learns partition ids from the in-memory LinkState instead of asking 1,000
     nodes; this checks that what it reads is what every node says of itself."""

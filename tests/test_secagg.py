@@ -183,6 +183,7 @@ def test_invalid_secagg_settings_are_one_line_errors(make_scenario, sections, me
     assert message in text and "\n" not in text, text
 
 
+@pytest.mark.slow("a Ray simulation process with SecAgg+")
 def test_secagg_run_through_the_command(make_scenario, tmp_path: Path) -> None:
     """The real simulation (Ray, one process per client): two SecAgg+ rounds complete."""
     scenario = make_scenario(

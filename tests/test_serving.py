@@ -518,6 +518,7 @@ def test_serve_bad_keys_or_tls_files_exit_2(
     assert len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.slow("fedtune serve with several worker processes")
 def test_serve_with_workers_sums_metrics_over_processes(model_dir: Path, tmp_path: Path) -> None:
     key_file = tmp_path / "keys.txt"
     key_file.write_text(f"# fedtune serve keys\n{KEY}\n")

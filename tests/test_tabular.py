@@ -248,6 +248,7 @@ def test_bad_tabular_input_is_one_line_and_writes_nothing(
     assert not Path(scenario.output.dir).exists()
 
 
+@pytest.mark.slow("a Ray simulation process of 300 clients")
 def test_a_cross_device_federation_samples_a_few_of_300_clients(
     tabular_scenario, tmp_path: Path
 ) -> None:

@@ -67,6 +67,7 @@ def _train_message(scenario, server_round: int = 1) -> Message:
     return Message(content, dst_node_id=1, message_type="train")
 
 
+@pytest.mark.slow("a fedtune worker process")
 def test_worker_reply_equals_the_in_process_reply(worker, task_identity) -> None:
     scenario = worker["scenario"]
     app = build_client_app()
@@ -84,6 +85,7 @@ def test_worker_reply_equals_the_in_process_reply(worker, task_identity) -> None
     assert again["metrics"]["setup_seconds"] < warm["metrics"]["setup_seconds"]
 
 
+@pytest.mark.slow("a fedtune worker process")
 def test_a_failed_message_leaves_the_worker_serving(worker, task_identity) -> None:
     scenario = worker["scenario"]
     app = build_client_app()
@@ -104,6 +106,7 @@ def test_a_worker_that_is_down_is_an_error_naming_the_node(make_scenario, task_i
         build_client_app()(_train_message(scenario), context)
 
 
+@pytest.mark.slow("a fedtune worker process and a probe as another user")
 def test_the_socket_is_owner_only_and_other_users_are_refused(worker) -> None:
     path = worker["socket"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -156,11 +159,13 @@ def test_a_refused_client_hears_why_even_when_its_send_fails(monkeypatch, task_i
         listener.close()
 
 
+@pytest.mark.slow("two fedtune worker processes")
 def test_a_second_worker_on_a_live_socket_is_refused(worker) -> None:
     with pytest.raises(WorkerSocketError, match="a worker already listens"):
         listen(worker["socket"])
 
 
+@pytest.mark.slow("fedtune worker processes")
 def test_a_socket_it_cannot_create_is_one_line(tmp_path: Path) -> None:
     for path in ("/proc/fedtune/w.sock", str(tmp_path / ("x" * 120) / "w.sock")):
         result = subprocess.run(
