@@ -21,7 +21,6 @@ import uvicorn
 from conftest import tiny_bert
 from fastapi import FastAPI
 
-from fedtune import cli
 from fedtune.cli import main
 from fedtune.cli import predict as cli_predict
 from fedtune.launch.certs import make_certs
@@ -370,7 +369,7 @@ def test_predict_command_streams_a_file_in_batches(
         return real(self, batch, features)
 
     monkeypatch.setattr(Predictor, "predict", predict)
-    monkeypatch.setattr(cli, "PREDICT_BATCH", 32)
+    monkeypatch.setattr(cli_predict, "PREDICT_BATCH", 32)
     assert main(["predict", str(model_dir), "first", "--file", str(texts)]) == 0
     # 76 texts in batches of 32: when batch k is labelled, batch k - 1 is already out (each
     # readouterr() takes what was printed since the one before).

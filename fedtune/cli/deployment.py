@@ -13,8 +13,6 @@ from fedtune.config import (
     parse_override,
 )
 
-# ------------------------------------------------------------------ files for deployments
-
 LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){LABEL}(\.{LABEL})*$")
 """An ASCII host name (what a certificate's DNS SAN holds)."""

@@ -8,12 +8,6 @@ from typing import NoReturn
 from fedtune.errors import FedtuneError
 
 MAX_CERT_NODES = 10_000
-MAX_TEXT_CHARS = 100_000
-"""`predict --file`: a longer line is cut to this many characters (the model reads only its
-first `max_length` tokens anyway)."""
-PREDICT_BATCH = 32
-COMPARE_FILES = ("compare.md", "compare.html", "compare.png")
-"""What `fedtune compare` writes; it never replaces one that is already there."""
 
 
 class UsageError(FedtuneError):

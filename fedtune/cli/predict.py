@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from fedtune.cli.parser import MAX_TEXT_CHARS, PREDICT_BATCH, UsageError
+from fedtune.cli.parser import UsageError
 
-# ------------------------------------------------------------------ using a model
+MAX_TEXT_CHARS = 100_000
+"""`predict --file`: a longer line is cut to this many characters (the model reads only its
+first `max_length` tokens anyway)."""
+PREDICT_BATCH = 32
 
 
 def _check_text_file(name: str) -> Path:

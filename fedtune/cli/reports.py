@@ -7,10 +7,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from fedtune.cli.parser import COMPARE_FILES, UsageError
+from fedtune.cli.parser import UsageError
 from fedtune.errors import FedtuneError
 
-# ------------------------------------------------------------------ reports
+COMPARE_FILES = ("compare.md", "compare.html", "compare.png")
+"""What `fedtune compare` writes; it never replaces one that is already there."""
 
 
 def _report_call(call: Callable[[], Path], what: str) -> int:

@@ -17,8 +17,6 @@ from fedtune.config import (
 )
 from fedtune.runs.directory import check_output_dir
 
-# ------------------------------------------------------------------ runs
-
 
 def _scenario(args: argparse.Namespace, resume: str | None = None) -> Scenario:
     """The validated scenario of run/centralized/local/deploy, its output directory checked."""

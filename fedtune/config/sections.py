@@ -4,7 +4,7 @@ attack, validation and output (privacy has its own module)."""
 from __future__ import annotations
 
 import importlib
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -24,10 +24,11 @@ class PeftSettings(PluginSection):
     """A method registered in `fedtune.modeling.adapters.ADAPTERS` (lora, ffa_lora,
     fedsa_lora, loha, lokr, ia3), or `none`."""
 
-    @property
-    def rank_per_client(self) -> tuple[int, ...] | None:
-        """`lora`'s heterogeneous ranks, one per client (None: one rank, or another method)."""
-        return (self.__pydantic_extra__ or {}).get("rank_per_client")
+    rank_per_client: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    """`lora` only: client i trains adapters of rank `rank_per_client[i]` (one per client),
+    and the server aggregates their exact products (see `fedtune.modeling.adapters.ranks`);
+    `rank` is then unused by the clients. A setting of the federation, not of the method: the
+    server's aggregation changes with it."""
 
 
 class ModelConfig(Section):

@@ -346,7 +346,8 @@ def write_report(run_dir: Path) -> Path:
         ]
     text = "\n\n".join(parts) + "\n"
     write_atomic(run_dir / "report.md", text)
-    write_atomic(run_dir / "report.html", html_page(text, run_dir, f"fedtune {summary['scenario']}"))
+    title = f"fedtune {summary['scenario']}"
+    write_atomic(run_dir / "report.html", html_page(text, run_dir, title))
     return run_dir / "report.md"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -26,14 +26,7 @@ class LoraParams(AdapterParams):
     """Dropout on the adapter input."""
 
 
-class RankedLoraParams(LoraParams):
-    rank_per_client: tuple[Annotated[int, Field(ge=1)], ...] | None = None
-    """Client i trains adapters of rank `rank_per_client[i]` (one per client), and the server
-    aggregates their exact products (see `fedtune.modeling.adapters.ranks`); `rank` is then
-    unused by the clients."""
-
-
-@takes(RankedLoraParams)
+@takes(LoraParams)
 def lora(settings: PeftSettings) -> peft.LoraConfig:
     import peft
 
