@@ -219,7 +219,7 @@ def test_the_stop_kills_children_before_their_parents(monkeypatch) -> None:
 
     raylet = subprocess.Popen([sys.executable, "-c", RAYLET], stdout=subprocess.PIPE, text=True)
     agent = psutil.Process(int(raylet.stdout.readline()))
-    tree = [d for d in teardown.descendants() if d[0] in (raylet.pid, agent.pid)]
+    tree = [d for d in teardown.process_tree() if d[0] in (raylet.pid, agent.pid)]
     kill = os.kill
 
     def kill_and_exit_with_the_raylet(pid: int, signum: int) -> None:

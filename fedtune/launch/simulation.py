@@ -28,6 +28,7 @@ from fedtune.federation.server.app import build_server_app
 from fedtune.launch.teardown import (
     NoSigtermNotice,
     capture_stop_event,
+    process_tree,
     stop_ray,
 )
 from fedtune.modeling.model import check_model
@@ -214,11 +215,11 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
     failure: list[BaseException] = []
     stop_events: list[threading.Event] = []
     received: list[int] = []
-    descendants: list[tuple[int, str]] = []
+    tree: list[tuple[int, str]] = []
 
     def on_signal(signum: int, frame: object) -> None:
         if not received:
-            descendants.extend(descendants())  # before any of them exits or is reparented
+            tree.extend(process_tree())  # before any of them exits or is reparented
             for event in stop_events:
                 event.set()
         received.append(signum)
@@ -251,7 +252,7 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
             # simulation thread, which outlives this call: the user asked for the stop, so
             # Flower's log stays quiet from here on (the process is ending).
             logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
-            stop_ray(descendants)
+            stop_ray(tree)
             raise Interrupted(received[0], run_dir)
     finally:
         for signum, handler in previous.items():

@@ -86,7 +86,7 @@ def _start_time(pid: int) -> str | None:
     return None if fields is None or fields[STATE] in ("Z", "X") else fields[START_TIME]
 
 
-def descendants() -> list[tuple[int, str]]:
+def process_tree() -> list[tuple[int, str]]:
     """(pid, start time) of every process below this one, parents before their children
     (Linux /proc; empty elsewhere)."""
     children: dict[int, list[int]] = {}
