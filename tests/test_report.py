@@ -18,10 +18,17 @@ from fedtune.runs.report import DPI, FIGURE_SIZE, NAMED_CLIENT_ROWS, make_figure
 LABELS = ["negative", "neutral", "positive"]
 
 
-def fake_run(run_dir: Path, make_scenario, accuracies: list[float], epsilon: bool = False) -> Path:
+def fake_run(
+    run_dir: Path,
+    make_scenario,
+    accuracies: list[float],
+    epsilon: bool = False,
+    mode: str = "federated",
+    target: float | None = None,
+) -> Path:
     """A run directory written by the real RunRecorder from made-up round results."""
-    scenario = make_scenario(output={"dir": str(run_dir)})
-    with RunRecorder(run_dir, scenario, "federated", 3) as recorder:
+    scenario = make_scenario(output={"dir": str(run_dir)}, federation={"target": target})
+    with RunRecorder(run_dir, scenario, mode, 3) as recorder:
         recorder.write_partition(
             {
                 "labels": LABELS,
@@ -138,7 +145,7 @@ def test_report_command(make_scenario, tmp_path: Path) -> None:
     text = (run_dir / "report.md").read_text()
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert set(images) == {
-        f"figures/{n}.png" for n in ("curves", "client_accuracy", "partition", "bytes")
+        f"figures/{n}.png" for n in ("curves", "client_accuracy", "partition", "bytes", "cost")
     }
     for image in images:
         assert_png(run_dir / image)
@@ -159,6 +166,32 @@ def test_compare_command(make_scenario, tmp_path: Path) -> None:
     assert "[a] | 2 | 0.8000 | 0.7500 |" in text and "[b] | 2 | 0.5000 | 0.4500 |" in text
     assert_png(out / "compare.png", (1200, 400))
     assert 'src="data:image/png;base64,' in (out / "compare.html").read_text()
+
+
+def test_compare_reports_each_runs_cost_to_the_centralized_final_value(
+    make_scenario, tmp_path: Path
+) -> None:
+    """Without a target of its own, each run is measured against the centralized run's final
+    headline value (accuracy 0.6 here); a round here takes 1.5 s and 9,000 bytes."""
+    central = fake_run(tmp_path / "c", make_scenario, [0.3, 0.5, 0.6], mode="centralized")
+    fast = fake_run(tmp_path / "fast", make_scenario, [0.3, 0.6, 0.8])
+    slow = fake_run(tmp_path / "slow", make_scenario, [0.3, 0.4, 0.5])
+    own = fake_run(tmp_path / "own", make_scenario, [0.3, 0.4, 0.5], target=0.45)
+    out = tmp_path / "cmp"
+    assert (
+        main(["compare", str(central), str(fast), str(slow), str(own), "--output", str(out)]) == 0
+    )
+    table = (out / "compare.md").read_text().splitlines()
+    row = {
+        name: next(line for line in table if f"[{name}] |" in line)
+        for name in ("fast", "slow", "own")
+    }
+    assert row["fast"].endswith("| accuracy 0.600 | round 1, 3.0 s, 9.0 KB |")
+    assert row["slow"].endswith("| accuracy 0.600 | not reached (4.5 s, 18.0 KB) |")
+    assert row["own"].endswith("| accuracy 0.450 | round 2, 4.5 s, 18.0 KB |")
+    assert_png(out / "compare_cost.png", (700, 400))
+    report = (own / "summary.json").read_text()
+    assert json.loads(report)["cost_to_target"]["round"] == 2
 
 
 def test_report_on_a_non_run_dir(tmp_path: Path, capsys) -> None:

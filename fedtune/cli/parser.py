@@ -53,6 +53,17 @@ def _non_negative(text: str) -> int:
     return _at_least(0, text)
 
 
+def _metric_value(text: str) -> float:
+    """`--target`: a value of accuracy, macro-F1 or AUC, above 0 and at most 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
+    return value
+
+
 def _port(text: str) -> int:
     """`--port`: a TCP port, 1-65535."""
     try:
@@ -94,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="run directory (default runs/<name>-<timestamp>): new, or empty",
         )
         cmd.add_argument("--quiet", action="store_true", help="no progress output")
+        if name != "local":
+            cmd.add_argument(
+                "--target",
+                type=_metric_value,
+                metavar="VALUE",
+                help="report the cost to reach VALUE on the headline metric (rounds, wall "
+                "seconds, client seconds, bytes) in summary.json; sets federation.target",
+            )
         if name == "deploy":
             cmd.add_argument(
                 "--insecure", action="store_true", help="no TLS and no SuperNode authentication"

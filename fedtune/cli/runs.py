@@ -21,6 +21,8 @@ from fedtune.runs.directory import check_output_dir
 def _scenario(args: argparse.Namespace, resume: str | None = None) -> Scenario:
     """The validated scenario of run/centralized/local/deploy, its output directory checked."""
     overrides = dict(parse_override(item) for item in args.overrides)
+    if getattr(args, "target", None) is not None:
+        overrides["federation.target"] = args.target
     if resume:
         source = Path(resume) / "scenario.json"
         if not source.is_file():

@@ -148,6 +148,11 @@ class FederationConfig(Section):
     min_available_nodes: int | None = Field(None, ge=1)
     """Nodes the server waits for before the first round. null: all `partition.num_clients`."""
     round_timeout: float = Field(3600.0, gt=0.0, le=MAX_WAIT_SECONDS)
+    target: float | None = Field(None, gt=0.0, le=1.0)
+    """A value of the headline metric (accuracy, macro-F1 or AUC: the one the test split's
+    majority class makes the headline) whose cost summary.json reports as `cost_to_target`:
+    the first round that reached it, and the wall seconds, client seconds and bytes spent
+    until then (`fedtune run --target VALUE` sets it)."""
     client_resources: ClientResources = ClientResources()
 
     @field_validator("strategy")

@@ -9,11 +9,14 @@ import matplotlib.pyplot as plt
 
 from fedtune.atomic import write_atomic
 from fedtune.modeling.metrics import CENTRAL_KEYS
+from fedtune.runs.cost import cost_cell, cost_to_target, headline_metric
 from fedtune.runs.report import (
+    METRIC_LABELS,
     html_page,
     markdown_table,
     metric_cells,
     metric_header,
+    plot_cost,
     read_run,
     save_figure,
     task_keys,
@@ -83,6 +86,34 @@ def _worth_it_tables(runs: list[dict], names: list[str]) -> list[str]:
     return tables
 
 
+def default_target(runs: list[dict]) -> tuple[str, float] | None:
+    """The centralized baseline's final headline value, when one of the runs is one."""
+    for run in runs:
+        if run["summary"]["mode"] == "centralized":
+            metric = headline_metric(run["summary"])
+            value = run["summary"]["final"].get(metric)
+            return None if value is None else (metric, value)
+    return None
+
+
+def run_cost(run: dict, default: tuple[str, float] | None) -> dict | None:
+    """A run's cost to its own target (`federation.target`), else to `default`."""
+    if run["summary"]["mode"] == "local":
+        return None
+    own = run["summary"].get("cost_to_target")
+    if own is not None or default is None:
+        return own
+    return cost_to_target(run["rounds"], *default)
+
+
+def _target_cell(cost: dict | None) -> str:
+    return (
+        "-"
+        if cost is None
+        else f"{METRIC_LABELS.get(cost['metric'], cost['metric'])} {cost['target']:.3f}"
+    )
+
+
 def compare(run_dirs: list[Path], out_dir: Path) -> Path:
     """Overlay the runs' test curves (a local-only run's mean as a dashed line), tabulate
     final metrics, bytes and time, and, for a local-only and a federated run of the same
@@ -104,6 +135,9 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
             ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     save_figure(fig, out_dir / "compare.png")
+    plot_cost(list(zip(names, runs, strict=True)), out_dir / "compare_cost.png")
+    default = default_target(runs)
+    costs = [run_cost(r, default) for r in runs]
     extra = task_keys([r["summary"]["final"] for r in runs])
     rows = [
         [
@@ -112,17 +146,29 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
             *metric_cells(r["summary"]["final"], extra),
             r["summary"]["wall_seconds"],
             r["summary"].get("bytes_up_total", 0),
+            _target_cell(cost),
+            cost_cell(cost),
         ]
-        for name, r in zip(names, runs, strict=True)
+        for name, r, cost in zip(names, runs, costs, strict=True)
     ]
     text = (
         "\n\n".join(
             [
                 "# fedtune comparison",
                 markdown_table(
-                    ["run", "rounds", *metric_header(extra), "wall s", "bytes up"], rows
+                    [
+                        "run",
+                        "rounds",
+                        *metric_header(extra),
+                        "wall s",
+                        "bytes up",
+                        "target",
+                        "to target",
+                    ],
+                    rows,
                 ),
                 "![compare](compare.png)",
+                "![cost](compare_cost.png)",
                 *_worth_it_tables(runs, names),
             ]
         )

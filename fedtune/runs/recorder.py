@@ -21,6 +21,7 @@ from fedtune.modeling.metrics import (
     label_supports,
     majority_baseline,
 )
+from fedtune.runs.cost import cost_to_target, headline_metric
 
 LOGGERS = ("flwr", "fedtune")
 log = logging.getLogger("fedtune")
@@ -291,6 +292,9 @@ class RunRecorder:
         }
         if self.mode == "local":
             summary.update(local_summary(self.local_clients))
+        elif (target := self.scenario.federation.target) is not None:
+            rounds = [json.loads(line) for line in self.lines]
+            summary["cost_to_target"] = cost_to_target(rounds, headline_metric(summary), target)
         write_json(self.run_dir / "summary.json", summary)
         return summary
 

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from fedtune.atomic import write_atomic  # noqa: E402
 from fedtune.errors import FedtuneError, first_line
 from fedtune.modeling.metrics import CENTRAL_KEYS, TASK_KEYS  # noqa: E402
+from fedtune.runs.cost import cost_cell, headline_metric, spent_by_round  # noqa: E402
 
 FIGURE_SIZE = (7.0, 4.0)
 DPI = 100
@@ -92,6 +93,30 @@ def plot_curves(run: dict, path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_cost(runs: list[tuple[str, dict]], path: Path) -> Path | None:
+    """Each run's headline metric against the cumulative bytes (up + down) and wall seconds
+    it had spent, one line per (name, run); None when no run has rounds."""
+    runs = [(name, run) for name, run in runs if run["summary"].get("mode") != "local"]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE)
+    for i, (name, run) in enumerate(runs):
+        metric = headline_metric(run["summary"])
+        values = [r.get(metric) for r in run["rounds"]]
+        spent = spent_by_round(run["rounds"])
+        for ax, key, scale in ((axes[0], "bytes", 1e6), (axes[1], "wall_seconds", 1.0)):
+            ax.plot([s[key] / scale for s in spent], values, marker="o", color=f"C{i}", label=name)
+        target = run["summary"].get("cost_to_target")
+        if target:
+            for ax in axes:
+                ax.axhline(target["target"], ls=":", color=f"C{i}")
+    for ax, xlabel in zip(axes, ("MB sent (up + down)", "wall seconds"), strict=True):
+        ax.set(xlabel=xlabel, ylabel="headline metric", title=f"cost: {xlabel}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     return save_figure(fig, path)
 
 
@@ -211,6 +236,7 @@ def make_figures(run_dir: Path) -> list[Path]:
             run, ("epsilon", "dp_sgd_epsilon"), "privacy spent (epsilon)", out / "epsilon.png"
         ),
         plot_membership_roc(run, out / "membership_roc.png"),
+        plot_cost([(run["summary"]["scenario"], run)], out / "cost.png"),
     ]
     return [p for p in made if p is not None]
 
@@ -249,6 +275,15 @@ def _majority_line(majority: dict | None) -> list[str]:
         f"accuracy {majority['accuracy']:.4f}, macro-F1 {majority['macro_f1']:.4f}. "
         f"Headline metric: {METRIC_LABELS.get(majority['headline'], majority['headline'])}"
         f"{why.get(majority['headline'], '')}."
+    ]
+
+
+def _cost_line(cost: dict | None) -> list[str]:
+    if cost is None:
+        return []
+    return [
+        f"Cost to {METRIC_LABELS.get(cost['metric'], cost['metric'])} {cost['target']:.3f}: "
+        f"{cost_cell(cost)} ({cost['client_seconds']:.0f} client seconds)."
     ]
 
 
@@ -304,6 +339,7 @@ def write_report(run_dir: Path) -> Path:
             ],
         ),
         *_majority_line(summary.get("majority_class")),
+        *_cost_line(summary.get("cost_to_target")),
         *(_local_tables(summary) if summary["mode"] == "local" else []),
         "## Figures",
         *(f"![{p.stem}](figures/{p.name})" for p in figures),
