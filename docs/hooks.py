@@ -173,10 +173,9 @@ def _tier(decorators: list[ast.expr]) -> tuple[str, str] | None:
     """(`slow` or `deploy`, the reason given to the mark) of a test's or module's marks."""
     for mark in decorators:
         call = mark if isinstance(mark, ast.Call) else None
-        attr = (call.func if call else mark) if isinstance(call or mark, ast.AST) else None
+        attr = call.func if call else mark
         if isinstance(attr, ast.Attribute) and attr.attr in TIERS:
-            reason = call.args[0].value if call and call.args else ""
-            return attr.attr, reason
+            return attr.attr, call.args[0].value if call and call.args else ""
     return None
 
 
