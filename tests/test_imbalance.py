@@ -176,5 +176,5 @@ def test_a_node_without_label_counts_stops_the_run_naming_it(
 
     monkeypatch.setattr(fedtune.federation.client.node, "_local_data", broken)
     run = FederatedRun(LocalGrid(scenario), scenario, tmp_path / "run", quiet=True, resume=False)
-    with pytest.raises(ValueError, match=r"node 1 sent no label counts: client 0.*unreadable"):
+    with pytest.raises(ValueError, match=r"label counts: node 1 sent none: client 0.*unreadable"):
         run.run()

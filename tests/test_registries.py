@@ -33,6 +33,7 @@ from fedtune.federation.codecs import CODECS, decode, encode, encode_with_feedba
 from fedtune.federation.codecs.base import Codec
 from fedtune.modeling.adapters import ADAPTERS
 from fedtune.modeling.adapters.base import AdapterParams, common
+from fedtune.modeling.label_skew import LABEL_SKEW_METHODS
 from fedtune.modeling.model import load_model, trainable_weights
 
 REGISTRIES = {
@@ -40,6 +41,7 @@ REGISTRIES = {
     "attack.kind": (ATTACKS, ()),
     "partition.kind": (PARTITIONERS, ()),
     "model.peft.method": (ADAPTERS, ("none",)),
+    "training.label_skew.method": (LABEL_SKEW_METHODS, ("none",)),
 }
 """Scenario key -> its registry, and the names it accepts besides the registered ones."""
 
@@ -164,11 +166,12 @@ def test_a_registered_peft_method_wraps_the_model(monkeypatch, make_scenario) ->
 
 
 def test_registries_are_light_to_import() -> None:
-    """The config reads the registries only when validating; adapters and attacks import
-    neither torch nor peft (peft loads when a model is wrapped)."""
+    """The config reads the registries only when validating; adapters, label-skew methods
+    and attacks import neither torch nor peft (peft loads when a model is wrapped)."""
     code = (
         "import sys, fedtune.config, fedtune.modeling.adapters, fedtune.federation.attacks\n"
         "fedtune.config.PeftSettings(method='lora')\n"
+        "fedtune.config.LabelSkewSettings(method='fedlc')\n"
         "fedtune.config.AttackConfig(kind='sign_flip')\n"
         "print(sorted({'torch', 'peft', 'flwr_datasets'} & set(sys.modules)))\n"
     )

@@ -25,6 +25,7 @@ from fedtune.cli.runs import (
     deploy_command,
     local_command,
     run_command,
+    sweep_command,
     worker_command,
 )
 from fedtune.errors import FedtuneError
@@ -41,6 +42,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "centralized": centralized_command,
     "local": local_command,
     "deploy": deploy_command,
+    "sweep": sweep_command,
     "worker": worker_command,
     "certs": certs_command,
     "shards": shards_command,

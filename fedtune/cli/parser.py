@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="continue an interrupted run from its last complete round "
                 "(its scenario.json; --set still applies)",
             )
+    _sweep_parser(sub)
     work = sub.add_parser(
         "worker",
         help="serve a SuperNode's messages from a warm process (its --node-config names "
@@ -232,3 +233,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive, default=1, help="server processes (each loads the model)"
     )
     return parser
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    text = (
+        "run a scenario once per point of a grid of overrides (and the baselines once), "
+        "resumable, then compare the runs"
+    )
+    sweep = sub.add_parser("sweep", help=text, description=text)
+    sweep.add_argument("scenario", nargs="?", help="scenario YAML file, or a shipped name")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a scenario key and its values (YAML; commas inside [] or {} separate nothing); "
+        "repeatable: the runs are every combination",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of every run and baseline (repeatable)",
+    )
+    sweep.add_argument(
+        "--with-baselines",
+        action="store_true",
+        help="also run `fedtune centralized` and `fedtune local` once (the base scenario)",
+    )
+    sweep.add_argument(
+        "--target",
+        type=_metric_value,
+        metavar="VALUE",
+        help="each run's cost to reach VALUE on the headline metric (default, with "
+        "--with-baselines: the centralized run's final value)",
+    )
+    sweep.add_argument("--parallel", type=_positive, default=1, help="runs at once (default 1)")
+    sweep.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT|auto",
+        help="run the clients on an existing Ray cluster (use with --parallel)",
+    )
+    sweep.add_argument(
+        "--output", help="the sweep's directory (default runs/sweep-<name>-<time>): new, or empty"
+    )
+    sweep.add_argument(
+        "--resume",
+        metavar="SWEEP_DIR",
+        help="continue an interrupted sweep: finished runs are kept, the rest run",
+    )
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -131,6 +132,31 @@ def deploy_command(args: argparse.Namespace) -> int:
         print("fedtune: interrupted; the processes it started were stopped", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     return _finished(summary)
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    from fedtune.launch import sweep
+
+    if args.resume:
+        out = Path(args.resume)
+        plan = sweep.read_plan(out)
+    else:
+        if args.scenario is None:
+            raise ScenarioError("give a SCENARIO (or --resume SWEEP_DIR)")
+        scenario = Path(args.scenario)
+        source = str(scenario.resolve()) if scenario.is_file() else args.scenario
+        grid = sweep.parse_grid(args.grid)
+        plan = sweep.SweepPlan(source, grid, args.overrides, args.with_baselines, args.target)
+        plan.plan_runs()
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(args.output or f"runs/sweep-{scenario.stem}-{stamp}")
+        if (out / sweep.SWEEP_FILE).exists():
+            raise UsageError(f"{out} holds a sweep; continue it with fedtune sweep --resume {out}")
+        check_output_dir(out, key="--output")
+    sweep.validate(plan)
+    report = sweep.run_sweep(plan, out, args.parallel, args.ray_address, args.quiet)
+    print(f"sweep of {plan.scenario!r}: {len(plan.runs)} runs, comparison in {report}")
+    return 0
 
 
 def worker_command(args: argparse.Namespace) -> int:

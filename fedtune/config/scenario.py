@@ -92,11 +92,12 @@ class Scenario(Section):
         if dp.enabled and dp.clipping == "client" and self.codec.kind != "none":
             raise ValueError("privacy.dp.clipping 'client' needs codec.kind 'none'")
         private = dp.enabled or self.privacy.dp_sgd.enabled
-        if private and self.training.class_weights == "federated":
+        if private and self.training.federation_label_counts:
             raise ValueError(
-                "training.class_weights 'federated' sends each client's label counts without "
-                "DP noise, outside what privacy.dp / dp_sgd account; use 'balanced' (each "
-                "client's own counts)"
+                "training.class_weights 'federated' and training.label_skew.method "
+                "'logit_adjustment' send each client's label counts without DP noise, outside "
+                "what privacy.dp / dp_sgd account; use class_weights 'balanced' or a method "
+                "that reads the client's own counts (fedlc, fedrs)"
             )
         if self.privacy.dp_sgd.enabled:
             if self.model.peft.method == "none":

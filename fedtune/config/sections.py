@@ -209,6 +209,29 @@ class FederationNodes(NamedTuple):
     min_available_nodes: int
 
 
+class LabelSkewSettings(PluginSection):
+    """A method for label skew in each client's local training, from label counts alone;
+    the other keys are the method's own (`tau`, `alpha`, `head_rounds`)."""
+
+    registry = ("fedtune.modeling.label_skew", "LABEL_SKEW_METHODS")
+    kind_key = "method"
+    no_plugin = ("none",)
+
+    method: str = "none"
+    """A method registered in `fedtune.modeling.label_skew.LABEL_SKEW_METHODS`: `fedlc`
+    (logits calibrated by the client's label counts), `fedrs` (restricted softmax for the
+    labels a client lacks), `logit_adjustment` (the federation's label prior added to the
+    logits; needs every node's label counts), `fedbabu` (the head fixed during local
+    training, trained alone in the last `head_rounds`), or `none`. Federated runs only."""
+
+    @property
+    def needs_federation_counts(self) -> bool:
+        """Whether every node's label counts are gathered before round 1 for it."""
+        if self.method == "none":
+            return False
+        return self.plugins()[self.method].needs_federation_counts
+
+
 class TrainingConfig(Section):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -228,6 +251,13 @@ class TrainingConfig(Section):
     `federated`: the same weights from the whole federation's label counts, which every node
     sends (counts only) in a statistics query before round 1; all nodes then weigh alike.
     Centralized and local-only training have only their own split: `balanced` there."""
+    label_skew: LabelSkewSettings = Field(default_factory=LabelSkewSettings)  # lazy registry
+
+    @property
+    def federation_label_counts(self) -> bool:
+        """Whether the server gathers every node's label counts (counts only) before round 1:
+        for `class_weights: federated` or a label-skew method that reads them."""
+        return self.class_weights == "federated" or self.label_skew.needs_federation_counts
 
 
 class CodecConfig(PluginSection):

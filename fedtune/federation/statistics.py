@@ -1,6 +1,7 @@
 """Federated statistics: what the server asks every node once, before round 1, answered
 with counts only (never rows, texts or labels): today each node's training label counts,
-for `training.class_weights: federated`."""
+for `training.class_weights: federated` and `training.label_skew.method:
+logit_adjustment`."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def federation_label_counts(
     for node in nodes:  # the first failure in node order, whatever order replies came in
         if node in replies and replies[node].has_error():
             raise ValueError(
-                f"training.class_weights=federated: node {node} sent no label counts: "
+                f"the federation's label counts: node {node} sent none: "
                 f"{client_error(replies[node].error.reason)}"
             )
     totals = np.zeros(len(label_names), dtype=np.int64)
@@ -49,7 +50,7 @@ def federation_label_counts(
     missing = sorted(set(nodes) - answered)
     if missing:
         raise ValueError(
-            f"training.class_weights=federated: node(s) {missing} sent no label counts "
+            f"the federation's label counts: node(s) {missing} sent none "
             f"within federation.round_timeout={timeout}s"
         )
     return totals.tolist()

@@ -55,6 +55,8 @@ class TrainResult:
 
 LossTerm = Callable[[], torch.Tensor]
 """An extra term added to each batch's loss (e.g. FedProx's proximal term)."""
+TrainLogits = Callable[[torch.Tensor], torch.Tensor]
+"""The logits a training loss is computed on, from the model's (a label-skew method's)."""
 
 
 def proximal_term(model: PreTrainedModel, mu: float) -> LossTerm:
@@ -76,7 +78,10 @@ class _Steps:
     """Clip the whole gradient's norm (DP-SGD clips each example's instead)."""
     dtype: torch.dtype | None
     class_weights: torch.Tensor | None = None
-    """Per-label loss weights (`training.class_weights`); None: the model's own loss."""
+    """Per-label loss weights (`training.class_weights`)."""
+    train_logits: TrainLogits | None = None
+    """The logits the loss reads (`training.label_skew`); None with no weights either: the
+    model's own loss."""
 
 
 def class_weights(
@@ -100,14 +105,21 @@ def class_weights(
     return torch.from_numpy(weights)
 
 
-def _loss(output: Any, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """The batch's mean loss: the model's, or cross-entropy with each example weighted by
-    its label's weight (divided by the batch size, as opacus' per-example mean expects)."""
-    if weights is None:
+def _loss(
+    output: Any,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    train_logits: TrainLogits | None = None,
+) -> torch.Tensor:
+    """The batch's mean loss: the model's, or cross-entropy on `train_logits(logits)` with
+    each example weighted by its label's weight (divided by the batch size, as opacus'
+    per-example mean expects)."""
+    if weights is None and train_logits is None:
         return output.loss
-    per_example = torch.nn.functional.cross_entropy(
-        output.logits.float(), labels, weight=weights.to(labels.device), reduction="none"
-    )
+    logits = output.logits.float()
+    logits = logits if train_logits is None else train_logits(logits)
+    weight = None if weights is None else weights.to(labels.device)
+    per_example = torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="none")
     return per_example.mean()
 
 
@@ -142,11 +154,13 @@ def train_steps(
     on_step: Callable[[int], None] | None = None,
     loss_terms: Sequence[LossTerm] = (),
     label_counts: Sequence[int] | None = None,
+    train_logits: TrainLogits | None = None,
 ) -> TrainResult:
     """AdamW with linear warm-up/decay, weight decay, gradient clipping and accumulation,
     for `cfg.local_epochs` epochs or until `max_examples` examples have been seen.
     `on_step(examples_seen)` is called after each optimizer step; `loss_terms` are added
-    to every batch's loss; `label_counts` are what `class_weights` weighs by."""
+    to every batch's loss; `label_counts` are what `class_weights` weighs by; the loss
+    reads `train_logits(logits)` where given."""
     model.to(device).train()
     dtype = autocast_dtype(cfg.precision, device)
     steps = _Steps(
@@ -157,6 +171,7 @@ def train_steps(
         clip=True,
         dtype=dtype,
         class_weights=class_weights(loader, cfg, model.config.num_labels, label_counts),
+        train_logits=train_logits,
     )
     return _run(model, steps, cfg, device, on_step, loss_terms)
 
@@ -170,6 +185,7 @@ def dp_sgd_steps(
     history: list | None,
     on_step: Callable[[int], None] | None = None,
     label_counts: Sequence[int] | None = None,
+    train_logits: TrainLogits | None = None,
 ) -> TrainResult:
     """`train_steps` as opacus' DP-SGD (per-example clipping, Gaussian noise, Poisson
     batches, fp32), accounted on top of `history` from earlier rounds."""
@@ -188,7 +204,9 @@ def dp_sgd_steps(
     )
     try:
         weights = class_weights(loader, cfg, model.config.num_labels, label_counts)
-        steps = _Steps(forward, optimizer, private_loader, batches, False, None, weights)
+        steps = _Steps(
+            forward, optimizer, private_loader, batches, False, None, weights, train_logits
+        )
         result = _run(model, steps, cfg, device, on_step, ())
     finally:
         forward._close()  # remove opacus' hooks: the model object is reused next round
@@ -218,7 +236,8 @@ def _run(
             batch = {k: v.to(device) for k, v in batch.items()}
             n = len(batch["labels"])
             with _autocast(steps.dtype, device):
-                loss = _loss(steps.forward(**batch), batch["labels"], steps.class_weights)
+                output = steps.forward(**batch)
+                loss = _loss(output, batch["labels"], steps.class_weights, steps.train_logits)
             objective = loss + sum(term() for term in loss_terms) if loss_terms else loss
             scaler.scale(objective / cfg.grad_accum_steps).backward()
             seen, loss_sum, micro = seen + n, loss_sum + loss.item() * n, micro + 1
@@ -245,6 +264,7 @@ def mean_gradient(
     device: torch.device,
     max_batches: int,
     label_counts: Sequence[int] | None = None,
+    train_logits: TrainLogits | None = None,
 ) -> dict[str, np.ndarray]:
     """The mean gradient of the training loss (with `cfg.class_weights`) over the first
     `max_batches` batches of `loader`, for every trainable parameter, at the model's current
@@ -255,7 +275,7 @@ def mean_gradient(
     batches = 0
     for batch in itertools.islice(loader, max_batches):
         batch = {k: v.to(device) for k, v in batch.items()}
-        _loss(model(**batch), batch["labels"], weights).backward()
+        _loss(model(**batch), batch["labels"], weights, train_logits).backward()
         batches += 1
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     mean = {

@@ -34,7 +34,7 @@ from fedtune.config import ModelConfig, Scenario, TabularConfig
 from fedtune.data.corpus import federated_data, make_loader
 from fedtune.data.shard import NodeConfig, node_shard, partition_id, state_dir
 from fedtune.federation.attacks import ATTACKS, malicious_clients, poison
-from fedtune.federation.client import scaffold
+from fedtune.federation.client import label_skew, scaffold
 from fedtune.federation.client.secagg import refuse_unmasked
 from fedtune.federation.client.state import PREFIX, restore_state, save_state
 from fedtune.federation.codecs import encode_with_feedback
@@ -244,7 +244,8 @@ class TrainStep:
 
     @property
     def label_counts(self) -> list[int] | None:
-        """The federation's label counts (`class_weights: federated`); None: the node's own."""
+        """The federation's label counts, when the server gathered them (`class_weights:
+        federated`, a label-skew method that reads them)."""
         counts = self.config.get(LABEL_COUNTS)
         return None if counts is None else list(counts)
 
@@ -259,13 +260,28 @@ def local_update(step: TrainStep) -> Arrays:
     loader = make_loader(data, node.tokenizer, cfg.batch_size, node.run_seed, cfg.group_by_length)
     on_step = inject_faults(node)
     training = time.perf_counter()
+    weighted_by = step.label_counts if cfg.class_weights == "federated" else None
+    skew = cfg.label_skew
+    labels, num_labels = node.data.train["labels"], node.model.config.num_labels
+    objective = label_skew.train_logits(skew, labels, num_labels, step.label_counts)
+    rounds = node.scenario.federation.rounds
+    frozen = label_skew.frozen_parameters(node.model, skew, node.server_round, rounds)
     dp_sgd = node.scenario.privacy.dp_sgd
     if dp_sgd.enabled:
         history = step.state.config_records.get(DP_SGD_HISTORY)
         history = json.loads(str(history["json"])) if history else None
-        result = dp_sgd_steps(
-            node.model, loader, cfg, node.device, dp_sgd, history, on_step, step.label_counts
-        )
+        with frozen:
+            result = dp_sgd_steps(
+                node.model,
+                loader,
+                cfg,
+                node.device,
+                dp_sgd,
+                history,
+                on_step,
+                weighted_by,
+                objective,
+            )
         step.state[DP_SGD_HISTORY] = ConfigRecord({"json": json.dumps(result.privacy_history)})
         step.metrics["dp_sgd_epsilon"] = result.epsilon
     else:
@@ -275,18 +291,20 @@ def local_update(step: TrainStep) -> Arrays:
         if batches is not None:  # at the global weights, before any local step
             grad_loader = make_loader(data, node.tokenizer, cfg.batch_size, node.run_seed)
             step.control_gradient = mean_gradient(
-                node.model, grad_loader, cfg, node.device, batches, step.label_counts
+                node.model, grad_loader, cfg, node.device, batches, weighted_by, objective
             )
         terms += scaffold.correction_terms(node.model, step.received, step.state)
-        result = train_steps(
-            node.model,
-            loader,
-            cfg,
-            node.device,
-            on_step=on_step,
-            loss_terms=terms,
-            label_counts=step.label_counts,
-        )
+        with frozen:
+            result = train_steps(
+                node.model,
+                loader,
+                cfg,
+                node.device,
+                on_step=on_step,
+                loss_terms=terms,
+                label_counts=weighted_by,
+                train_logits=objective,
+            )
     step.metrics.update(
         {
             "num-examples": len(node.data.train),

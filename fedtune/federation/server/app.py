@@ -154,7 +154,7 @@ class FederatedRun:
             self.grid.identify(
                 self.scenario.partition.num_clients, fl.round_timeout
             )  # before any RNG state is saved or restored
-            if self.scenario.training.class_weights == "federated":
+            if self.scenario.training.federation_label_counts:
                 counts = federation_label_counts(
                     self.grid, self.server.label_names, fl.round_timeout
                 )
