@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="report the cost to reach VALUE on the headline metric (rounds, wall "
                 "seconds, client seconds, bytes) in summary.json; sets federation.target",
             )
+        if name == "centralized":
+            cmd.add_argument(
+                "--converged",
+                action="store_true",
+                help="also train from the same start until the pooled validation score stops "
+                "improving (at most 3x the rounds' examples; the stronger reference)",
+            )
         if name == "deploy":
             cmd.add_argument(
                 "--insecure", action="store_true", help="no TLS and no SuperNode authentication"

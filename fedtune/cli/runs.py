@@ -112,7 +112,16 @@ def centralized_command(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
     from fedtune.launch import baselines
 
-    return _finished(baselines.run_centralized(scenario, args.quiet))
+    summary = baselines.run_centralized(scenario, args.quiet, args.converged)
+    code = _finished(summary)
+    if "converged" in summary:
+        run = summary["converged"]
+        print(
+            f"converged reference: {headline(run['final'], summary.get('majority_class'))} "
+            f"after {run['rounds']} round-equivalents ({run['examples_seen']} examples; "
+            f"{run['method']})"
+        )
+    return code
 
 
 def local_command(args: argparse.Namespace) -> int:

@@ -4,13 +4,15 @@ on its own data, with the budget the federation gives it)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
 import datasets
 import torch
+from torch.utils.data import DataLoader
 
-from fedtune.config import Scenario
+from fedtune.config import Scenario, ScenarioError
 from fedtune.data.corpus import (
     FederatedData,
     client_splits,
@@ -23,14 +25,24 @@ from fedtune.data.corpus import (
 from fedtune.federation.client.node import run_seed
 from fedtune.federation.server.app import GlobalModel, seed_everything
 from fedtune.launch.simulation import check_inputs, prepare_run_dir
+from fedtune.modeling.metrics import CENTRAL_KEYS, TASK_KEYS
 from fedtune.modeling.model import load_weights, trainable_weights
 from fedtune.modeling.train import evaluate, train_steps
+from fedtune.runs.cost import headline_metric
 from fedtune.runs.recorder import Progress, RunRecorder
 
+CONVERGED_ROUNDS = 3
+"""`--converged`: at most this many times the scenario's rounds of training."""
+CONVERGED_PATIENCE = 2
+"""`--converged`: round-equivalents without a better validation score before it stops."""
 
-def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
+
+def run_centralized(scenario: Scenario, quiet: bool = False, converged: bool = False) -> dict:
     """Train one model on the union of the clients' training splits, with the sample
-    budget of the federated run, evaluating at every round-equivalent."""
+    budget of the federated run, evaluating at every round-equivalent; with `converged`,
+    then train again from the same start until it stops improving (`converged_run`)."""
+    if converged and scenario.data.val_size == 0:
+        raise ScenarioError("fedtune centralized --converged needs data.val_size > 0")
     check_inputs(scenario)
     run_dir = prepare_run_dir(scenario, "centralized")
     seed_everything(scenario.seed)
@@ -47,6 +59,7 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
     train_loader = make_loader(
         train, server.tokenizer, cfg.batch_size, scenario.seed, cfg.group_by_length
     )
+    initial = trainable_weights(server.model)
     rounds_done = 0
     with (
         RunRecorder(run_dir, scenario, "centralized", n) as recorder,
@@ -69,7 +82,89 @@ def run_centralized(scenario: Scenario, quiet: bool = False) -> dict:
         train_steps(server.model, train_loader, cfg, server.device, budget, on_step)
         if scenario.output.save_model:
             recorder.save_model(server.model, server.tokenizer)
+        if converged:
+            metric = headline_metric({"majority_class": recorder.majority_class})
+            load_weights(server.model, initial)
+            val_loader = _pooled_validation(scenario, fed, server)
+            recorder.extra["converged"] = converged_run(
+                scenario, server, train_loader, val_loader, per_round, metric, progress
+            )
         return recorder.finish()
+
+
+def _pooled_validation(scenario: Scenario, fed: FederatedData, server: GlobalModel) -> DataLoader:
+    """Every client's validation split, pooled: what the converged run stops on."""
+    splits = [
+        client_splits(fed, pid, scenario.data.val_size, scenario.seed)[1]
+        for pid in range(scenario.partition.num_clients)
+    ]
+    val = tokenize(
+        datasets.concatenate_datasets(splits),
+        server.tokenizer,
+        scenario.model.max_length,
+        scenario.data.tabular,
+    )
+    return make_loader(val, server.tokenizer, scenario.training.eval_batch_size)
+
+
+class _Stop(Exception):
+    """Early stopping: no better validation score for CONVERGED_PATIENCE evaluations."""
+
+
+def converged_run(
+    scenario: Scenario,
+    server: GlobalModel,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    per_round: int,
+    metric: str,
+    progress: Progress,
+) -> dict:
+    """The centralized reference trained to convergence: from the model's current weights,
+    up to CONVERGED_ROUNDS x the rounds' budget, scored on the clients' pooled validation
+    splits after every round-equivalent; it stops after CONVERGED_PATIENCE without a better
+    `metric` and keeps the best weights, whose test metrics it returns."""
+    max_rounds = CONVERGED_ROUNDS * scenario.federation.rounds
+    best = {"round": 0, "value": evaluate(server.model, val_loader, server.device)[metric]}
+    weights, evaluated = trainable_weights(server.model), 0
+
+    def on_step(seen: int) -> None:
+        nonlocal weights, evaluated
+        while evaluated < max_rounds and seen >= per_round * (evaluated + 1):
+            evaluated += 1
+            value = evaluate(server.model, val_loader, server.device)[metric]
+            server.model.train()
+            progress.line(
+                f"converged run: round-equivalent {evaluated}, validation {metric} {value:.4f}"
+            )
+            if value > best["value"]:
+                best.update(round=evaluated, value=value)
+                weights = trainable_weights(server.model)
+            elif evaluated - best["round"] >= CONVERGED_PATIENCE:
+                raise _Stop
+
+    started = time.perf_counter()
+    with contextlib.suppress(_Stop):
+        train_steps(
+            server.model,
+            train_loader,
+            scenario.training,
+            server.device,
+            per_round * max_rounds,
+            on_step,
+        )
+    load_weights(server.model, weights)
+    test = server.evaluate()
+    return {
+        "method": f"early stopping on the clients' pooled validation splits ({metric}, patience "
+        f"{CONVERGED_PATIENCE} round-equivalents, at most {max_rounds})",
+        "rounds": best["round"],
+        "examples_seen": best["round"] * per_round,
+        "rounds_trained": evaluated,
+        "val": best["value"],
+        "final": {k: test[k] for k in (*CENTRAL_KEYS, *TASK_KEYS) if k in test},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def run_local_only(scenario: Scenario, quiet: bool = False) -> dict:

@@ -87,12 +87,15 @@ def _worth_it_tables(runs: list[dict], names: list[str]) -> list[str]:
 
 
 def default_target(runs: list[dict]) -> tuple[str, float] | None:
-    """The centralized baseline's final headline value, when one of the runs is one."""
+    """The centralized baseline's final headline value, when one of the runs is one: the
+    stronger of its same-budget and its converged run (`--converged`)."""
     for run in runs:
-        if run["summary"]["mode"] == "centralized":
-            metric = headline_metric(run["summary"])
-            value = run["summary"]["final"].get(metric)
-            return None if value is None else (metric, value)
+        summary = run["summary"]
+        if summary["mode"] == "centralized":
+            metric = headline_metric(summary)
+            finals = [summary["final"], summary.get("converged", {}).get("final", {})]
+            values = [final[metric] for final in finals if final.get(metric) is not None]
+            return (metric, max(values)) if values else None
     return None
 
 

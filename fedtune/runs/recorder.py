@@ -290,6 +290,8 @@ class RunRecorder:
             "privacy": {**self.scenario.privacy.summary(), **self.extra.get("privacy", {})},
             "run_dir": str(self.run_dir),
         }
+        if "converged" in self.extra:  # `fedtune centralized --converged`
+            summary["converged"] = self.extra["converged"]
         if self.mode == "local":
             summary.update(local_summary(self.local_clients))
         elif (target := self.scenario.federation.target) is not None:
