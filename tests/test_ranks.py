@@ -119,6 +119,10 @@ def test_clients_train_their_own_rank_and_only_factors_travel_up(
         ({"model": {"peft": {"method": "lora", "rank_per_client": [2, 4, 8]}}}, "3 ranks for 2"),
         ({"model": {"peft": {"method": "ffa_lora", "rank_per_client": [2, 4]}}}, "method"),
         (
+            {"model": {"peft": {"method": "lora", "rank_per_client": [2, 4], "use_rslora": True}}},
+            "use_rslora",
+        ),
+        (
             {
                 "model": {"peft": {"method": "lora", "rank_per_client": [2, 4]}},
                 "federation": {"strategy": "scaffold"},

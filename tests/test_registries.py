@@ -11,6 +11,7 @@ import sys
 import datasets
 import numpy as np
 import pytest
+from conftest import tiny_bert
 from flwr_datasets.partitioner import LinearPartitioner
 from pydantic import Field
 
@@ -18,6 +19,7 @@ from fedtune.config import (
     AttackConfig,
     CodecConfig,
     PartitionConfig,
+    PeftSettings,
     Scenario,
     ScenarioError,
     apply_overrides,
@@ -177,3 +179,13 @@ def test_registries_are_light_to_import() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rslora_scales_lora_by_the_square_root_of_its_rank() -> None:
+    import peft
+
+    settings = PeftSettings(method="lora", rank=16, alpha=8, use_rslora=True)
+    config = ADAPTERS["lora"](settings)
+    model = peft.get_peft_model(tiny_bert(["late"], ["a", "b"])[0], config)
+    query = model.base_model.model.bert.encoder.layer[0].attention.self.query
+    assert query.scaling["default"] == pytest.approx(8 / 16**0.5)  # plain LoRA: 8 / 16

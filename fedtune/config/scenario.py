@@ -142,6 +142,8 @@ class Scenario(Section):
             return self
         refused = {
             "model.peft.method other than lora": self.model.peft.method != "lora",
+            # the server's products scale by alpha / rank
+            "model.peft.use_rslora": getattr(self.model.peft, "use_rslora", False),
             "privacy.secagg": self.privacy.secagg.enabled,
             "privacy.dp.clipping 'client'": self.privacy.dp.enabled
             and self.privacy.dp.clipping == "client",

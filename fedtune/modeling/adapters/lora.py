@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from fedtune.config import PeftSettings
 
 
-class LoraParams(AdapterParams):
+class LowRankParams(AdapterParams):
     """The low-rank methods' (`lora`, `ffa_lora`, `fedsa_lora`, `loha`, `lokr`)."""
 
     rank: int = Field(8, ge=1)
@@ -26,6 +26,14 @@ class LoraParams(AdapterParams):
     """Dropout on the adapter input."""
 
 
+class LoraParams(LowRankParams):
+    """LoRA's (`lora`, `ffa_lora`, `fedsa_lora`)."""
+
+    use_rslora: bool = False
+    """rsLoRA (Kalajdzievski, 2023): scale updates by alpha / sqrt(rank), which keeps
+    higher ranks learning (peft's `use_rslora`)."""
+
+
 @takes(LoraParams)
 def lora(settings: PeftSettings) -> peft.LoraConfig:
     import peft
@@ -34,5 +42,6 @@ def lora(settings: PeftSettings) -> peft.LoraConfig:
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
+        use_rslora=settings.use_rslora,
         **common(settings),
     )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedtune.config.base import takes
 from fedtune.modeling.adapters.base import common
-from fedtune.modeling.adapters.lora import LoraParams
+from fedtune.modeling.adapters.lora import LowRankParams
 
 if TYPE_CHECKING:
     import peft
@@ -23,14 +23,14 @@ def _lycoris(settings: PeftSettings) -> dict[str, Any]:
     }
 
 
-@takes(LoraParams)
+@takes(LowRankParams)
 def loha(settings: PeftSettings) -> peft.LoHaConfig:
     import peft
 
     return peft.LoHaConfig(**_lycoris(settings))
 
 
-@takes(LoraParams)
+@takes(LowRankParams)
 def lokr(settings: PeftSettings) -> peft.LoKrConfig:
     import peft
 
