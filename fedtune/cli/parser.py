@@ -75,6 +75,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _add_overrides(cmd: argparse.ArgumentParser, text: str) -> None:
+    """`--set KEY=VALUE`, repeatable, into `overrides`."""
+    cmd.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fedtune", description="Federated fine-tuning of BERT-family text classifiers."
@@ -92,14 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
             nargs="?",
             help="scenario YAML file, or a shipped name (quickstart)",
         )
-        cmd.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a scenario key, e.g. --set federation.rounds=5 (repeatable)",
-        )
+        _add_overrides(cmd, "override a scenario key, e.g. --set federation.rounds=5 (repeatable)")
         cmd.add_argument(
             "--output",
             help="run directory (default runs/<name>-<timestamp>): new, or empty",
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards.add_argument("scenario", help="scenario YAML file, or a shipped name")
     shards.add_argument("out_dir")
-    shards.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_overrides(shards, "override a scenario key (repeatable)")
     audit = sub.add_parser(
         "audit",
         help="attack a finished simulated run: token recovery from a client's update and "
@@ -257,14 +257,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         help="a scenario key and its values (YAML; commas inside [] or {} separate nothing); "
         "repeatable: the runs are every combination",
     )
-    sweep.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override of every run and baseline (repeatable)",
-    )
+    _add_overrides(sweep, "an override of every run and baseline (repeatable)")
     sweep.add_argument(
         "--with-baselines",
         action="store_true",
