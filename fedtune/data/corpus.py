@@ -26,6 +26,8 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from fedtune.config import DataConfig, PartitionConfig, Scenario, TabularConfig
+from fedtune.data import newsgroups
+from fedtune.data.newsgroups import NEWSGROUPS
 from fedtune.data.partitioners import PARTITIONERS
 from fedtune.errors import DataError, first_line
 
@@ -35,7 +37,7 @@ AIRLINES = ("united", "usairways", "americanair", "southwestair", "jetblue", "vi
 AAPL_TAGS = ("$aapl", "#aapl")
 TWEET_SOURCES = ("airline-tweets", "aapl-tweets")
 MOVIELENS = "movielens-100k"
-BUILTIN_SOURCES = (*TWEET_SOURCES, MOVIELENS)
+BUILTIN_SOURCES = (*TWEET_SOURCES, MOVIELENS, NEWSGROUPS)
 FEATURES = ("numeric", "categorical")
 """The encoded tabular columns (`fedtune.data.tabular.encode_tabular`) batched beside the
 tokens."""
@@ -152,6 +154,8 @@ def load_source(cfg: DataConfig) -> datasets.Dataset:
         from fedtune.data.movielens import click_examples, ml100k_dir
 
         return click_examples(ml100k_dir())
+    if cfg.source == NEWSGROUPS:
+        return newsgroups.read_newsgroups(newsgroups.newsgroups_path())
     return load_file(cfg)
 
 
