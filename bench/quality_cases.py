@@ -26,6 +26,27 @@ STRATEGY_PARAMS: dict[str, Overrides] = {
 }
 
 
+SKEW_METHODS: dict[str, Overrides] = {
+    "scaffold + fedlc": {"federation.strategy": "scaffold", "training.label_skew.method": "fedlc"},
+    "fedavg + fedlc": {"federation.strategy": "fedavg", "training.label_skew.method": "fedlc"},
+    "fedavg + fedrs": {"federation.strategy": "fedavg", "training.label_skew.method": "fedrs"},
+    "fedavg + logit adjustment": {
+        "federation.strategy": "fedavg",
+        "training.label_skew.method": "logit_adjustment",
+    },
+    "fedavg + fedbabu": {"federation.strategy": "fedavg", "training.label_skew.method": "fedbabu"},
+}
+"""The label-skew methods (`training.label_skew`) under the skewed cases, with FedAvg and
+with the best strategy."""
+
+
+def skew_methods(scenario: str, base: Overrides) -> list[dict]:
+    return [
+        {"name": name, "scenario": scenario, "overrides": {**base, **overrides}}
+        for name, overrides in SKEW_METHODS.items()
+    ]
+
+
 def strategies(scenario: str, base: Overrides, names: tuple[str, ...]) -> list[dict]:
     """One candidate per strategy compared under label skew (fedavg runs in --quick)."""
     return [
@@ -97,6 +118,22 @@ CASES: list[dict] = [
         "variants": [{**FULL_FT, "name": "FedAvg (quickstart)", "role": "candidate"}],
     },
     {
+        "name": "iid-news",
+        "title": "IID 20 Newsgroups (20 topics), FedAvg vs centralized",
+        "baseline": ("newsgroups", {}),
+        "reference": "centralized",
+        "target": {"points": 1.0},
+        "target_text": "within 1 pt of centralized acc and macro-F1",
+        "variants": [
+            {
+                "name": "FedAvg (newsgroups)",
+                "scenario": "newsgroups",
+                "overrides": {},
+                "quick": True,
+            }
+        ],
+    },
+    {
         "name": "dirichlet",
         "title": "Dirichlet alpha 0.1, 10 clients: best strategy vs centralized",
         "baseline": ("label_skew", {}),
@@ -105,7 +142,10 @@ CASES: list[dict] = [
         "reference": "centralized",
         "target": {"points": 3.0},
         "target_text": "best strategy within 3 pts of centralized acc and macro-F1",
-        "variants": strategies("label_skew", {}, tuple(STRATEGY_PARAMS)),
+        "variants": [
+            *strategies("label_skew", {}, tuple(STRATEGY_PARAMS)),
+            *skew_methods("label_skew", {}),
+        ],
     },
     {
         "name": "pathological",
@@ -118,7 +158,10 @@ CASES: list[dict] = [
         "target_text": "report (and the local-only baseline)",
         # the best and the plainest under Dirichlet 0.1 (fedprox, fedadam, fedyogi, fedavgm
         # lay between or below them there)
-        "variants": strategies("label_skew", PATHOLOGICAL, ("fedavg", "scaffold")),
+        "variants": [
+            *strategies("label_skew", PATHOLOGICAL, ("fedavg", "scaffold")),
+            *skew_methods("label_skew", PATHOLOGICAL),
+        ],
     },
     {
         "name": "codecs",
