@@ -11,6 +11,7 @@ from conftest import LocalGrid, fedtune, write_scenario
 from fedtune.cli import main
 from fedtune.cli.parser import build_parser
 from fedtune.cli.runs import _scenario
+from fedtune.config import ScenarioError
 from fedtune.federation.server.app import run_server
 from fedtune.launch import sweep
 
@@ -190,3 +191,39 @@ def test_a_sweep_runs_fedtune_processes_in_parallel(make_scenario, tmp_path: Pat
     assert f"2 runs, comparison in {out / 'compare.md'}" in done.stdout
     for name in ("01-lr=1e-3", "02-lr=5e-3"):
         assert json.loads((out / name / "summary.json").read_text())["rounds_completed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("name", "../outside"), ("name", ".."), ("command", "deploy"), ("status", "odd")],
+)
+def test_an_edited_sweep_file_touches_nothing_outside_the_sweep(
+    make_scenario, tmp_path: Path, capsys, field: str, value: str
+) -> None:
+    path = write_scenario(make_scenario(), tmp_path / "tiny.yaml")
+    out = tmp_path / "sweep"
+    out.mkdir()
+    sweep.save_plan(_plan(path, ["training.lr=1e-3"]), out)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("the user's")
+    raw = json.loads((out / sweep.SWEEP_FILE).read_text())
+    raw["runs"][0][field] = value
+    (out / sweep.SWEEP_FILE).write_text(json.dumps(raw))
+    assert main(["sweep", "--resume", str(out)]) == 2
+    assert "sweep.json: damaged (ValueError: " in capsys.readouterr().err
+    assert (outside / "keep.txt").read_text() == "the user's"
+
+
+def test_a_link_planted_as_a_run_directory_is_refused(
+    make_scenario, tmp_path: Path, task_identity
+) -> None:
+    path = write_scenario(make_scenario(), tmp_path / "tiny.yaml")
+    plan, out = _plan(path, ["training.lr=1e-3"]), tmp_path / "sweep"
+    out.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (out / plan.runs[0].name).symlink_to(target)
+    with pytest.raises(ScenarioError, match="not a directory the sweep made; remove it"):
+        sweep.run_sweep(plan, out, quiet=True, launch=in_process([]))
+    assert target.is_dir()

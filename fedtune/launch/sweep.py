@@ -139,11 +139,32 @@ def read_plan(sweep_dir: Path) -> SweepPlan:
         runs = [SweepRun(**run) for run in raw.pop("runs")]
         plan = SweepPlan(**raw, runs=runs)
         plan.grid = [(str(key), [str(v) for v in values]) for key, values in plan.grid]
+        _check_runs(plan.runs)
     except FileNotFoundError:
         raise ScenarioError(f"{sweep_dir}: not a fedtune sweep (no {SWEEP_FILE})") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ScenarioError(f"{path}: damaged ({type(exc).__name__})") from None
+        raise ScenarioError(
+            f"{path}: damaged ({type(exc).__name__}: {cut(str(exc), 80)})"
+        ) from None
     return plan
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_.=+-]+")
+COMMANDS = ("run", *BASELINES)
+
+
+def _check_runs(runs: list[SweepRun]) -> None:
+    """A run of a sweep.json read back names a directory inside the sweep and one of the
+    sweep's commands (the file may have been edited: nothing outside the sweep is touched)."""
+    for run in runs:
+        if not RUN_NAME.fullmatch(run.name) or set(run.name) == {"."}:
+            raise ValueError(f"run name {short(run.name)}")
+        if run.command not in COMMANDS or run.status not in ("pending", "done", "failed"):
+            raise ValueError(
+                f"run {run.name}: command {short(run.command)}, status {short(run.status)}"
+            )
+        if not all(isinstance(item, str) and "=" in item for item in run.sets):
+            raise ValueError(f"run {run.name}: sets")
 
 
 def save_plan(plan: SweepPlan, sweep_dir: Path) -> None:
