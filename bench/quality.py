@@ -78,9 +78,11 @@ class Invocation:
         return cls(command, scenario, tuple(sorted((k, _fmt(v)) for k, v in overrides.items())))
 
     def args(self) -> list[str]:
-        """The arguments after `fedtune`, without --output and --quiet."""
+        """The arguments after `fedtune`, without --output and --quiet; the centralized
+        reference also trains to convergence (the stronger of its two runs is the one used)."""
         sets = [item for key, value in self.overrides for item in ("--set", f"{key}={value}")]
-        return [self.command, self.scenario, *sets]
+        converged = ["--converged"] if self.command == "centralized" else []
+        return [self.command, self.scenario, *sets, *converged]
 
     def argv(self, output: Path) -> list[str]:
         return [*self.args(), "--output", str(output), "--quiet"]
@@ -200,12 +202,22 @@ def _bytes(lines: list[dict]) -> dict:
     }
 
 
+def _stronger(summary: dict) -> dict:
+    """The final metrics, or a centralized run's converged ones where its headline metric is
+    higher (marked `converged_rounds`)."""
+    final, converged = summary["final"], summary.get("converged")
+    metric = (summary.get("majority_class") or {}).get("headline", "accuracy")
+    if converged and converged["final"].get(metric, 0.0) > (final.get(metric) or 0.0):
+        return {**converged["final"], "converged_rounds": converged["rounds"]}
+    return final
+
+
 def read_run(run_dir: Path) -> dict:
     """What the table and plot need from a run directory's summary, metrics, partition."""
     summary = json.loads((run_dir / "summary.json").read_text())
     record: dict[str, Any] = {
         "mode": summary["mode"],
-        "final": summary["final"],
+        "final": _stronger(summary),
         "history": [
             {k: h[k] for k in ("round", "accuracy", "macro_f1", "loss")}
             for h in summary.get("history", [])
@@ -513,7 +525,9 @@ def _pair(values: dict | None) -> str:
         return "not run"
     if "error" in values:
         return "failed"
-    return f"{values['accuracy']:.3f} / {values['macro_f1']:.3f}"
+    pair = f"{values['accuracy']:.3f} / {values['macro_f1']:.3f}"
+    rounds = values.get("converged_rounds")
+    return pair if rounds is None else f"{pair} (converged, {rounds} round-equivalents)"
 
 
 def _local(values: dict | None) -> str:
