@@ -227,3 +227,22 @@ def test_a_link_planted_as_a_run_directory_is_refused(
     with pytest.raises(ScenarioError, match="not a directory the sweep made; remove it"):
         sweep.run_sweep(plan, out, quiet=True, launch=in_process([]))
     assert target.is_dir()
+
+
+def test_each_run_gets_the_target_and_the_cluster_it_may_use(tmp_path: Path) -> None:
+    plan = sweep.SweepPlan("quickstart", [("training.lr", ["1e-3"])], [], True, 0.75)
+    plan.plan_runs()
+    args = {run.name: sweep.argv(plan, run, tmp_path, "auto") for run in plan.runs}
+    assert args["centralized"][-5:] == [
+        "--output",
+        str(tmp_path / "centralized"),
+        "--target",
+        "0.75",
+        "--quiet",
+    ]
+    assert "--target" not in args["local"] and "--ray-address" not in args["local"]
+    run = args["01-lr=1e-3"]
+    assert run[:4] == ["run", "quickstart", "--set", "training.lr=1e-3"]
+    assert (
+        run[run.index("--target") + 1] == "0.75" and run[run.index("--ray-address") + 1] == "auto"
+    )
