@@ -138,7 +138,7 @@ def test_shipped_scenarios_keep_their_node_counts() -> None:
     """As shipped, every scenario waits for all its clients and samples all of them (the
     cross-device ones: their fraction); with no failures (none of them injects any) the
     minimums do not change a result."""
-    cross_device = {"recommendation_cross_device", "dp_cross_device"}
+    cross_device = {"recommendation_cross_device", "dp_cross_device", "dp"}
     for path in SHIPPED:
         scenario = load_scenario(path)
         fed = scenario.federation
