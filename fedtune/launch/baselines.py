@@ -48,9 +48,8 @@ def run_centralized(scenario: Scenario, quiet: bool = False, converged: bool = F
     seed_everything(scenario.seed)
     fed = federated_data(scenario)
     cfg, fl, n = scenario.training, scenario.federation, scenario.partition.num_clients
-    union = datasets.concatenate_datasets(
-        [client_splits(fed, pid, scenario.data.val_size, scenario.seed)[0] for pid in range(n)]
-    )
+    splits = [client_splits(fed, pid, scenario.data.val_size, scenario.seed) for pid in range(n)]
+    union = datasets.concatenate_datasets([train for train, _ in splits])
     share = scenario.clients_per_round / n  # of the clients train each round
     per_round = max(1, math.ceil(share * cfg.local_epochs * len(union)))
     budget = per_round * fl.rounds
@@ -59,7 +58,7 @@ def run_centralized(scenario: Scenario, quiet: bool = False, converged: bool = F
     train_loader = make_loader(
         train, server.tokenizer, cfg.batch_size, scenario.seed, cfg.group_by_length
     )
-    initial = trainable_weights(server.model)
+    initial = trainable_weights(server.model) if converged else None  # what it restarts from
     rounds_done = 0
     with (
         RunRecorder(run_dir, scenario, "centralized", n) as recorder,
@@ -85,25 +84,19 @@ def run_centralized(scenario: Scenario, quiet: bool = False, converged: bool = F
         if converged:
             metric = headline_metric({"majority_class": recorder.majority_class})
             load_weights(server.model, initial)
-            val_loader = _pooled_validation(scenario, fed, server)
+            val_loader = _pooled_validation(scenario, [val for _, val in splits], server)
             recorder.extra["converged"] = converged_run(
                 scenario, server, train_loader, val_loader, per_round, metric, progress
             )
         return recorder.finish()
 
 
-def _pooled_validation(scenario: Scenario, fed: FederatedData, server: GlobalModel) -> DataLoader:
+def _pooled_validation(
+    scenario: Scenario, splits: list[datasets.Dataset], server: GlobalModel
+) -> DataLoader:
     """Every client's validation split, pooled: what the converged run stops on."""
-    splits = [
-        client_splits(fed, pid, scenario.data.val_size, scenario.seed)[1]
-        for pid in range(scenario.partition.num_clients)
-    ]
-    val = tokenize(
-        datasets.concatenate_datasets(splits),
-        server.tokenizer,
-        scenario.model.max_length,
-        scenario.data.tabular,
-    )
+    pooled = datasets.concatenate_datasets(splits)
+    val = tokenize(pooled, server.tokenizer, scenario.model.max_length, scenario.data.tabular)
     return make_loader(val, server.tokenizer, scenario.training.eval_batch_size)
 
 
