@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from quality import Cache, Invocation, execute, run_dir_for, run_fedtune  # noqa: E402
+from commands import Cache, Invocation, execute, run_dir_for, run_fedtune  # noqa: E402
 from run import peak_memory  # noqa: E402
 
 DP_SCENARIO = "dp_cross_device"

@@ -1,222 +1,270 @@
-"""The quality benchmark's cases: each a claim, like a row of a paper's table, with its
-variants, its baselines and its target (run and tabulated by bench/quality.py)."""
+"""The quality benchmark's cases: each a claim, like a row of a paper's table, measured by
+one or more `fedtune sweep`s and judged by its target (run and tabulated by
+bench/quality.py). Adding a row is adding one `Case` here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 Value = str | int | float | bool
-Overrides = dict[str, Value]
 
-QUICK: Overrides = {"data.max_samples": 300, "federation.rounds": 1}
-"""--quick: on top of every command's overrides (a case's own `quick` wins over these)."""
-QUICK_EXTRA_ROUNDS = 1
-"""--quick: at most this many extra rounds for a variant that states extra rounds."""
-TIMEOUT_S = 6 * 3600
-"""One command's limit; past it the command gets SIGTERM (fedtune stops Ray cleanly)."""
-
-PATHOLOGICAL: Overrides = {"partition.kind": "pathological", "partition.labels_per_client": 2}
+QUICK: dict[str, Value] = {"data.max_samples": 300, "federation.rounds": 1}
+"""--quick: over every sweep's overrides (and a case's own `quick` over these)."""
 
 
-STRATEGY_PARAMS: dict[str, Overrides] = {
-    "fedavg": {},
-    "fedprox": {"federation.strategy_params": "{proximal_mu: 0.01}"},
-    "fedadam": {},
-    "fedyogi": {},
-    "fedavgm": {},
-    "scaffold": {},
-}
+def _yaml(value: Value) -> str:
+    """A value as typed after `--set key=` or in `--grid key=...` (YAML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
-SKEW_METHODS: dict[str, Overrides] = {
-    "scaffold + fedlc": {"federation.strategy": "scaffold", "training.label_skew.method": "fedlc"},
-    "fedavg + fedlc": {"federation.strategy": "fedavg", "training.label_skew.method": "fedlc"},
-    "fedavg + fedrs": {"federation.strategy": "fedavg", "training.label_skew.method": "fedrs"},
-    "fedavg + logit adjustment": {
-        "federation.strategy": "fedavg",
-        "training.label_skew.method": "logit_adjustment",
-    },
-    "fedavg + fedbabu": {"federation.strategy": "fedavg", "training.label_skew.method": "fedbabu"},
-}
-"""The label-skew methods (`training.label_skew`) under the skewed cases, with FedAvg and
-with the best strategy."""
+@dataclass(frozen=True)
+class Sweep:
+    """One `fedtune sweep SCENARIO --grid ... --set ... [--with-baselines]`."""
+
+    scenario: str
+    grid: dict[str, list[Value]]
+    sets: dict[str, Value] = field(default_factory=dict)
+    baselines: bool = False
+    name: str = ""
+    """A prefix for its runs' labels (`name: key=value`)."""
+    quick: bool = True
+    """Whether it runs in --quick."""
+
+    def args(self, extra: dict[str, Value]) -> list[str]:
+        """The command's arguments after `fedtune sweep`, without --output."""
+        grid = [f"{key}={','.join(map(_yaml, values))}" for key, values in self.grid.items()]
+        sets = {**self.sets, **extra}
+        return [
+            self.scenario,
+            *[part for item in grid for part in ("--grid", item)],
+            *[part for key, value in sets.items() for part in ("--set", f"{key}={_yaml(value)}")],
+            *(["--with-baselines"] if self.baselines else []),
+        ]
 
 
-def skew_methods(scenario: str, base: Overrides) -> list[dict]:
-    return [
-        {"name": name, "scenario": scenario, "overrides": {**base, **overrides}}
-        for name, overrides in SKEW_METHODS.items()
-    ]
+@dataclass(frozen=True)
+class NearCentralized:
+    """Within `acc` / `f1` points of the centralized reference (the stronger of its
+    same-budget and converged runs) by a round whose training examples are at most
+    `max_examples` times the reference's; `every_class`: F1 > 0 on every class at the end."""
+
+    acc: float | None
+    f1: float | None
+    max_examples: float | None = None
+    every_class: bool = False
+
+    def text(self) -> str:
+        limits = [f"{p:g} pt ({m})" for p, m in ((self.acc, "acc"), (self.f1, "F1")) if p]
+        text = "within " + " and ".join(limits) + " of centralized"
+        if self.max_examples:
+            text += f", <= {self.max_examples:g}x its examples"
+        return text + ("; F1 > 0 on every class" if self.every_class else "")
 
 
-def strategies(scenario: str, base: Overrides, names: tuple[str, ...]) -> list[dict]:
-    """One candidate per strategy compared under label skew (fedavg runs in --quick)."""
-    return [
-        {
-            "name": name,
-            "scenario": scenario,
-            "overrides": {**base, "federation.strategy": name, **STRATEGY_PARAMS[name]},
-            "role": "candidate",
-            "quick": name == "fedavg",
-        }
-        for name in names
-    ]
+@dataclass(frozen=True)
+class MatchesReference:
+    """Reaches the `reference` run's final accuracy and macro-F1 (within `points`) having
+    spent at most `max_bytes` of its bytes (up + down) and `max_wall` times its wall time."""
+
+    reference: str
+    points: float
+    max_bytes: float
+    max_wall: float | None = None
+
+    def text(self) -> str:
+        wall = f", <= {self.max_wall:g}x its wall time" if self.max_wall else ""
+        bytes_ = f"<= {self.max_bytes:.0%} of its bytes"
+        return f"within {self.points:g} pt of {self.reference}, {bytes_}{wall}"
 
 
-FULL_FT = {
-    "name": "full FT",
-    "scenario": "quickstart",
-    "overrides": {},
-    "role": "reference",
-    "quick": True,
-    "plot": True,
-}
+@dataclass(frozen=True)
+class AboveMajority:
+    """Headline metric at least `margin` above the majority class; `max_epsilon`: the
+    run's DP epsilon at most this; `paired`: within `paired_points` of that run."""
 
-TOPK_WARMUP = "top-k 1% + EF, density warm-up 2"
-CENTRALIZED = ("quickstart", {})
-"""The label-skew cases' centralized reference: the same 2,500 tweets, test split and sample
-budget as `fedtune centralized label_skew`, whose only difference, the order in which the
-union of the 10 skewed shards is shuffled, made that run collapse to the majority class at
-lr 3e-4 (0.620 / 0.255 in all 3 round-equivalents; the quickstart's: 0.786 / 0.722)."""
+    margin: float = 0.15
+    max_epsilon: float | None = None
+    paired: str | None = None
+    paired_points: float = 0.5
 
-CASES: list[dict] = [
-    {
-        "name": "lora",
-        "title": "best LoRA variant vs full fine-tuning, same rounds",
-        "baseline": ("quickstart", {}),
-        "reference": "variant",
-        "target": {"points": 1.0, "max_bytes_share": 0.01},
-        "target_text": "within 1 pt of acc and macro-F1, <= 1% of full FT's bytes up",
-        "variants": [
+    def text(self) -> str:
+        text = f"headline >= majority + {self.margin:g}"
+        if self.max_epsilon:
+            text += f", epsilon <= {self.max_epsilon:g}"
+        if self.paired:
+            text += f"; within {self.paired_points:g} pt of {self.paired}"
+        return text
+
+
+Target = NearCentralized | MatchesReference | AboveMajority
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    title: str
+    target: Target
+    sweeps: list[Sweep]
+    centralized_from: str | None = None
+    """Another case whose centralized run is the reference (same pooled data)."""
+    quick: dict[str, Value] = field(default_factory=dict)
+
+
+STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "scaffold"]
+METHODS = ["fedlc", "fedrs", "logit_adjustment", "fedbabu"]
+PATHOLOGICAL = {"partition.kind": "pathological", "partition.labels_per_client": 2}
+SKEW_ROUNDS = {"federation.rounds": 6}
+"""The skewed cases' budget: up to 2x the quickstart centralized run's 3 round-equivalents
+(the target allows 3x its examples)."""
+FULL_FT = Sweep("quickstart", {"federation.strategy": ["fedavg"]}, baselines=True, name="full FT")
+"""The quickstart as shipped, with its baselines: the IID case and the reference of the
+LoRA and codec cases (one sweep, run once)."""
+FULL_FT_LABEL = "full FT: strategy=fedavg"
+
+
+def shipped(scenario: str, strategy: str, baselines: bool = True, quick: bool = True) -> Sweep:
+    """A scenario as shipped (its own strategy as the grid's one value)."""
+    return Sweep(scenario, {"federation.strategy": [strategy]}, baselines=baselines, quick=quick)
+
+
+CASES: list[Case] = [
+    Case("iid", "IID quickstart, FedAvg vs centralized", NearCentralized(1, 1, 1.5), [FULL_FT]),
+    Case(
+        "iid-news",
+        "IID 20 Newsgroups (20 topics), FedAvg vs centralized",
+        NearCentralized(1, 1, 1.5),
+        [shipped("newsgroups", "fedavg")],
+    ),
+    Case(
+        "dirichlet",
+        "Dirichlet alpha 0.1, 10 clients: strategies and label-skew methods vs centralized",
+        NearCentralized(3, 5, 3),
+        [
+            Sweep("label_skew", {"federation.strategy": STRATEGIES}, SKEW_ROUNDS, baselines=True),
+            Sweep(
+                "label_skew",
+                {"training.label_skew.method": METHODS},
+                {**SKEW_ROUNDS, "federation.strategy": "fedavg"},
+                name="fedavg",
+                quick=False,
+            ),
+            Sweep(
+                "label_skew",
+                {"training.label_skew.method": ["fedlc"]},
+                {**SKEW_ROUNDS, "federation.strategy": "scaffold"},
+                name="scaffold",
+                quick=False,
+            ),
+        ],
+        centralized_from="iid",
+        quick={"data.max_samples": 600},  # 300 tweets cannot give 10 clients 2 each
+    ),
+    Case(
+        "pathological",
+        "2 labels per client, 10 clients: strategies and label-skew methods vs centralized",
+        NearCentralized(3, 5, 3),
+        [
+            Sweep(
+                "label_skew",
+                {"federation.strategy": ["fedavg", "scaffold"]},
+                {**PATHOLOGICAL, **SKEW_ROUNDS},
+                baselines=True,
+            ),
+            Sweep(
+                "label_skew",
+                {"training.label_skew.method": METHODS},
+                {**PATHOLOGICAL, **SKEW_ROUNDS, "federation.strategy": "fedavg"},
+                name="fedavg",
+                quick=False,
+            ),
+        ],
+        centralized_from="iid",
+        quick={"data.max_samples": 600},
+    ),
+    Case(
+        "lora",
+        "LoRA vs full fine-tuning (quickstart federation)",
+        MatchesReference(FULL_FT_LABEL, 1, 0.02, 1.0),
+        [
             FULL_FT,
-            {"name": "LoRA r8 (lora)", "scenario": "lora", "overrides": {}, "quick": True},
-            {"name": "LoRA r8 + int8", "scenario": "lora", "overrides": {"codec.kind": "int8"}},
-            {
-                "name": "FFA-LoRA alpha 64",
-                "scenario": "lora",
-                "overrides": {"model.peft.method": "ffa_lora", "model.peft.alpha": 64},
-            },
-            {"name": "LoRA r8, lr 4e-3", "scenario": "lora", "overrides": {"training.lr": 4e-3}},
-            {
-                "name": "LoRA ranks 4/8/8/16",
-                "scenario": "lora",
-                "overrides": {"model.peft.rank_per_client": "[4, 8, 8, 16]"},
-            },
-            {
-                "name": "FedSA-LoRA (shared model)",
-                "scenario": "lora",
-                "overrides": {"model.peft.method": "fedsa_lora"},
-                "role": "extra",
-            },
+            shipped("lora", "fedavg"),
+            Sweep("lora", {"model.peft.rank": [4]}, name="LoRA", quick=False),
+            Sweep("lora", {"model.peft.use_rslora": [True]}, name="LoRA r8", quick=False),
+            Sweep("lora", {"codec.kind": ["int8"]}, name="LoRA r8", quick=False),
+            Sweep(
+                "lora",
+                {"model.peft.method": ["ffa_lora"]},
+                {"model.peft.alpha": 64},
+                name="alpha 64",
+                quick=False,
+            ),
         ],
-    },
-    {
-        "name": "iid",
-        "title": "IID quickstart, FedAvg defaults vs centralized",
-        "baseline": ("quickstart", {}),
-        "reference": "centralized",
-        "target": {"points": 1.0},
-        "target_text": "within 1 pt of centralized acc and macro-F1",
-        "variants": [{**FULL_FT, "name": "FedAvg (quickstart)", "role": "candidate"}],
-    },
-    {
-        "name": "iid-news",
-        "title": "IID 20 Newsgroups (20 topics), FedAvg vs centralized",
-        "baseline": ("newsgroups", {}),
-        "reference": "centralized",
-        "target": {"points": 1.0},
-        "target_text": "within 1 pt of centralized acc and macro-F1",
-        "variants": [
-            {
-                "name": "FedAvg (newsgroups)",
-                "scenario": "newsgroups",
-                "overrides": {},
-                "quick": True,
-            }
-        ],
-    },
-    {
-        "name": "dirichlet",
-        "title": "Dirichlet alpha 0.1, 10 clients: best strategy vs centralized",
-        "baseline": ("label_skew", {}),
-        "centralized": CENTRALIZED,
-        "quick": {"data.max_samples": 600},  # 300 tweets cannot give 10 clients 2 each
-        "reference": "centralized",
-        "target": {"points": 3.0},
-        "target_text": "best strategy within 3 pts of centralized acc and macro-F1",
-        "variants": [
-            *strategies("label_skew", {}, tuple(STRATEGY_PARAMS)),
-            *skew_methods("label_skew", {}),
-        ],
-    },
-    {
-        "name": "pathological",
-        "title": "2 labels per client, 10 clients: best strategy vs centralized",
-        "baseline": ("label_skew", PATHOLOGICAL),
-        "centralized": CENTRALIZED,
-        "quick": {"data.max_samples": 600},
-        "reference": "centralized",
-        "target": None,
-        "target_text": "report (and the local-only baseline)",
-        # the best and the plainest under Dirichlet 0.1 (fedprox, fedadam, fedyogi, fedavgm
-        # lay between or below them there)
-        "variants": [
-            *strategies("label_skew", PATHOLOGICAL, ("fedavg", "scaffold")),
-            *skew_methods("label_skew", PATHOLOGICAL),
-        ],
-    },
-    {
-        "name": "codecs",
-        "title": "top-k 1% + error feedback vs full fine-tuning",
-        "baseline": ("quickstart", {}),
-        "reference": "variant",
-        "target": {"points": 2.0},
-        "target_text": "within 2 pts in the same rounds, or the extra rounds stated",
-        "variants": [
+    ),
+    Case(
+        "codecs",
+        "top-k 1% + error feedback (and other codecs) vs full fine-tuning",
+        MatchesReference(FULL_FT_LABEL, 1, 0.10),
+        [
             FULL_FT,
-            {
-                "name": "top-k 1% + EF",
-                "scenario": "quickstart",
-                "overrides": {"codec.kind": "topk", "codec.topk_fraction": 0.01},
-            },
-            {
-                "name": TOPK_WARMUP,
-                "scenario": "quickstart",
-                "overrides": {
+            Sweep(
+                "quickstart",
+                {"codec.topk_fraction": [0.01, 0.05]},
+                {
                     "codec.kind": "topk",
-                    "codec.topk_fraction": 0.01,
                     "codec.dense_below": 4096,
                     "codec.topk_warmup_rounds": 2,
+                    "federation.rounds": 10,
                 },
-                "extra_rounds": 7,
-                "quick": True,
-            },
-            {
-                "name": "int8",
-                "scenario": "quickstart",
-                "overrides": {"codec.kind": "int8"},
-                "role": "extra",
-            },
-            {
-                "name": "1-bit EF-signSGD, block 384",
-                "scenario": "quickstart",
-                "overrides": {"codec.kind": "onebit", "codec.block_size": 384},
-                "role": "extra",
-            },
-            {
-                "name": "top-k 5% + EF",
-                "scenario": "quickstart",
-                "overrides": {"codec.kind": "topk", "codec.topk_fraction": 0.05},
-                "role": "extra",
-            },
+                name="top-k + EF, warm-up 2",
+            ),
+            Sweep(
+                "quickstart",
+                {"codec.kind": ["int8", "onebit"]},
+                {"federation.rounds": 6},
+                quick=False,
+            ),
         ],
-    },
+    ),
+    Case(
+        "dp",
+        "client-level DP as shipped (1,200 clients, 5% a round)",
+        AboveMajority(0.15, max_epsilon=8),
+        [shipped("dp", "fedavg", baselines=False, quick=False)],
+    ),
+    Case(
+        "secagg",
+        "SecAgg+ as shipped, and the same run without it",
+        AboveMajority(0.15, paired="secagg: enabled=false"),
+        [shipped("secagg", "fedavg"), Sweep("secagg", {"privacy.secagg.enabled": [False]})],
+    ),
+    Case(
+        "financial",
+        "financial sentiment (3 classes, Dirichlet 0.5)",
+        NearCentralized(None, 3, every_class=True),
+        [shipped("financial_sentiment", "fedavg")],
+    ),
+    Case(
+        "scenarios",
+        "every shipped scenario, as shipped, with its baselines",
+        AboveMajority(0.15),
+        [
+            FULL_FT,
+            shipped("newsgroups", "fedavg"),
+            shipped("label_skew", "scaffold"),
+            shipped("lora", "fedavg"),
+            shipped("dp", "fedavg", baselines=False, quick=False),
+            shipped("secagg", "fedavg"),
+            shipped("financial_sentiment", "fedavg"),
+            shipped("customer_service", "fedavg"),
+            shipped("noniid_strategies", "fedavg"),
+            shipped("byzantine", "krum"),
+            shipped("dp_cross_device", "fedavg", baselines=False, quick=False),
+            shipped("recommendation", "fedavg"),
+            shipped("recommendation_cross_device", "fedavg", baselines=False, quick=False),
+        ],
+    ),
 ]
-"""Each case: its variants (name, scenario, overrides; role reference | candidate (default) |
-extra (reported, no target); quick: runs in --quick; extra_rounds: rounds beyond the
-reference's it may take; plot: on the bytes plot, default for the lora and codecs cases),
-`baseline` (scenario, overrides) for its centralized and local-only runs (`centralized`:
-another (scenario, overrides) for the centralized one), what it is
-compared with (`reference`: its reference variant or the centralized run), and its target
-(`points` below the reference at most, `max_bytes_share` of full FT's bytes up; None: report).
-The best candidate is the one whose worse gap (accuracy or macro-F1) is smallest."""
-
-PLOTTED_CASES = ("lora", "codecs")
+"""Every claim of the benchmark, in the order it runs. A sweep shared by several cases (the
+same arguments) runs once."""

@@ -30,7 +30,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from quality import (  # noqa: E402
+from commands import (  # noqa: E402
     Cache,
     Invocation,
     RunFailed,

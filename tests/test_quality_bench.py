@@ -1,6 +1,6 @@
-"""bench/quality.py without training: fabricated run directories stand in for the fedtune
-commands, so the cache, the resume, a failed command, the table and the plot are checked in
-seconds."""
+"""bench/quality.py without training: a fake `fedtune sweep` writes sweep.json (planned by
+fedtune's own sweep planner) and fabricated run directories, so the sweeps it issues, the
+resume, failed runs, the verdicts and the page are checked in seconds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from fedtune.launch.sweep import SweepPlan, parse_grid, read_plan, save_plan
+
 MB = 1_000_000
+MAJORITY = {"label": "negative", "share": 0.62, "accuracy": 0.62, "macro_f1": 0.255}
 
 
 @pytest.fixture(scope="module")
@@ -24,230 +27,176 @@ def quality():
     return module
 
 
-def _option(argv: list[str], key: str) -> str | None:
-    """The value of `--set key=...` in a command line."""
-    for flag, item in zip(argv, argv[1:], strict=False):
-        if flag == "--set" and item.startswith(f"{key}="):
-            return item.split("=", 1)[1]
-    return None
-
-
-def fake_outcome(argv: list[str]) -> tuple[list[float], float]:
-    """Accuracy after each round and bytes up per client per round, by kind of command."""
-    command, scenario = argv[0], argv[1]
-    rounds = int(_option(argv, "federation.rounds") or 3)
-    if command == "centralized":
-        return [0.2] + [0.8] * rounds, 0
-    if command == "local":
-        return [0.7], 0
+def curve(scenario: str, sets: dict[str, str]) -> tuple[list[float], float]:
+    """A federated run's accuracy after each round and bytes per client per round (each
+    way): full FT reaches 0.80; LoRA r8 0.795 at round 2 with 1% of its bytes; r4 never."""
     if scenario == "lora":
-        return [0.2] + [0.795] * rounds, 0.6 * MB
-    if _option(argv, "codec.kind") == "topk":
-        # top-k 1% gets within 2 points only at round 5
-        curve = [0.2, 0.6, 0.6, 0.6, 0.7, 0.79] + [0.8] * rounds
-        return curve[: rounds + 1], 1.8 * MB
-    strategy = _option(argv, "federation.strategy")
-    if scenario == "label_skew":
-        return [0.2] + [0.76 if strategy == "fedprox" else 0.7] * rounds, 90 * MB
-    return [0.2] + [0.8] * rounds, 90 * MB
+        if sets.get("model.peft.rank") == "4":
+            return [0.2, 0.6, 0.7, 0.7], 0.5 * MB
+        return [0.2, 0.7, 0.795, 0.80], MB
+    if scenario == "secagg":
+        return [0.2, 0.7, 0.8, 0.80 if sets.get("privacy.secagg.enabled") == "false" else 0.803], MB
+    return [0.2, 0.7, 0.78, 0.80], 100 * MB
 
 
-def write_run(run_dir: Path, argv: list[str]) -> None:
-    """A run directory with what fedtune writes: summary.json, metrics.jsonl, partition."""
-    accuracy, per_client = fake_outcome(argv)
-    mode = {"run": "federated", "centralized": "centralized", "local": "local"}[argv[0]]
-    history = [
-        {"round": r, "accuracy": a, "macro_f1": a - 0.1, "loss": 1.0, "seconds": 1.0}
-        for r, a in enumerate(accuracy)
-    ]
-    final = {k: history[-1][k] for k in ("accuracy", "macro_f1", "loss")}
-    if mode == "local":
-        history = []
-        final |= {"val_accuracy": 0.75, "val_macro_f1": 0.6, "val_loss": 0.9}
+def write_run(run_dir: Path, command: str, scenario: str, sets: dict[str, str]) -> None:
+    """What fedtune writes that the bench reads: summary.json and metrics.jsonl."""
     run_dir.mkdir(parents=True)
-    summary = {"mode": mode, "final": final, "history": history, "wall_seconds": 1.0}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    if mode == "federated":
-        lines = []
-        for h in history:
-            clients = [{"bytes_up": per_client}] * 4 if h["round"] else []
-            lines.append(
-                {
-                    **h,
-                    "bytes_up": 4 * per_client if h["round"] else 0,
-                    "clients": {"train": clients, "evaluate": []},
-                }
-            )
-        (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    if mode != "centralized":
-        test = {"negative": 62, "neutral": 20, "positive": 18}
-        (run_dir / "partition.json").write_text(json.dumps({"test": test}))
+    summary: dict = {"mode": {"run": "federated"}.get(command, command)}
+    summary |= {"majority_class": {**MAJORITY, "headline": "accuracy"}, "wall_seconds": 9.0}
+    if command == "local":
+        final = {"accuracy": 0.7, "macro_f1": 0.6, "val_accuracy": 0.8, "val_macro_f1": 0.7}
+    elif command == "centralized":  # same budget 0.79; converged (4 rounds) 0.81
+        final = {"accuracy": 0.79, "macro_f1": 0.69, "loss": 0.5}
+        converged = {"accuracy": 0.81, "macro_f1": 0.71, "loss": 0.4}
+        summary |= {"rounds_completed": 3, "converged": {"rounds": 4, "final": converged}}
+    else:
+        accuracy, per_client = curve(scenario, sets)
+        lines = [
+            {
+                "round": r,
+                "accuracy": a,
+                "macro_f1": a - 0.1,
+                "seconds": 10.0,
+                "bytes_up": 4 * per_client * bool(r),
+                "bytes_down": 4 * per_client * bool(r),
+                "fairness": {"per_class_f1": {"negative": 0.8, "positive": a - 0.5}},
+            }
+            for r, a in enumerate(accuracy)
+        ]
+        (run_dir / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+        final = {k: lines[-1][k] for k in ("accuracy", "macro_f1")}
+        summary |= {"rounds_completed": len(lines) - 1, "privacy": {"epsilon": 6.0}}
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "final": final}))
 
 
-class FakeRunner:
-    """Stands in for `fedtune ...`: writes a run directory, or fails for chosen commands."""
+class FakeSweep:
+    """Stands in for `fedtune sweep`: plans with fedtune's planner, writes every run (or
+    leaves the runs whose sets contain `fail` failed, exit 1), resumes from sweep.json."""
 
-    def __init__(self, quality, fail: str | None = None) -> None:
-        self.quality, self.fail, self.calls = quality, fail, []
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail, self.calls = fail, []
 
-    def __call__(self, argv: list[str]) -> None:
+    def __call__(self, argv: list[str]) -> int:
         self.calls.append(argv)
-        if self.fail and self.fail in " ".join(argv):
-            raise self.quality.RunFailed("exit 2: fedtune: error: simulated failure")
-        write_run(Path(argv[argv.index("--output") + 1]), argv)
+        if argv[1] == "--resume":
+            out = Path(argv[2])
+            plan = read_plan(out)
+        else:
+            out = Path(argv[argv.index("--output") + 1])
+            args = argv[1 : argv.index("--output")]
+            grid = [args[i + 1] for i, a in enumerate(args) if a == "--grid"]
+            sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+            plan = SweepPlan(args[0], parse_grid(grid), sets, "--with-baselines" in args)
+            plan.plan_runs()
+        for run in plan.runs:
+            if run.status == "done":
+                continue
+            sets = dict(item.split("=", 1) for item in run.sets)
+            failed = self.fail is not None and self.fail in " ".join(run.sets)
+            run.status = "failed" if failed else "done"
+            if not failed:
+                write_run(out / run.name, run.command, plan.scenario, sets)
+        out.mkdir(parents=True, exist_ok=True)
+        save_plan(plan, out)
+        return 1 if any(run.status == "failed" for run in plan.runs) else 0
 
 
 @pytest.fixture
-def bench(quality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The bench's outputs and run directories redirected into tmp_path."""
-    paths = {
-        "json": tmp_path / "quality.json",
-        "md": tmp_path / "quality.md",
-        "png": tmp_path / "quality_bytes.png",
-        "work": tmp_path / "runs",
-    }
+def bench(quality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The bench's outputs and sweep directories redirected into tmp_path."""
+    paths = {name: tmp_path / f"quality.{name}" for name in ("json", "md", "png")}
+    paths["work"] = tmp_path / "runs"
     monkeypatch.setattr(quality, "output_paths", lambda quick: paths)
-    # the rounds a scenario runs, without loading it (the shipped quickstart has 3)
-    monkeypatch.setattr(quality, "_base_rounds", lambda s, o: int(o.get("federation.rounds", 3)))
     return paths
 
 
-def rows_by_variant(paths: dict[str, Path], case: str) -> dict[str, dict]:
-    table = json.loads(paths["json"].read_text())["table"]
-    return {row["variant"]: row for row in table if row["case"] == case}
+def rows(paths: dict[str, Path], case: str) -> dict[str, dict]:
+    return {r["run"]: r for r in json.loads(paths["json"].read_text()) if r["case"] == case}
 
 
-def test_full_run_table_verdicts_and_plot(quality, bench) -> None:
-    runner = FakeRunner(quality)
-    quality.main([], runner=runner)
-    distinct = {
-        inv.key(False)
-        for case in quality.CASES
-        for inv in quality.case_invocations(case, False).values()
-    }
-    assert len(runner.calls) == len(distinct)  # shared commands (full FT) run once
+def test_cases_run_as_sweeps_and_are_judged(quality, bench) -> None:
+    fake = FakeSweep()
+    quality.main(["--only", "iid", "lora", "secagg"], runner=fake)
+    # the quickstart sweep serves the IID and the LoRA case: it runs once
+    quickstart = [c for c in fake.calls if c[1] == "quickstart"]
+    assert len(quickstart) == 1 and "--with-baselines" in quickstart[0]
+    assert {c[1] for c in fake.calls} == {"quickstart", "lora", "secagg"}
 
-    lora = rows_by_variant(bench, "lora")
-    assert lora["full FT"]["result"] == "reference"
-    best = [row for row in lora.values() if row.get("best")]
-    assert len(best) == 1 and best[0]["result"] == "met"  # -0.5 pts, 0.67% of the bytes
-    assert best[0]["bytes_share"] == pytest.approx(0.6 / 90)
-    assert lora["full FT"]["majority"] == {"label": "negative", "share": 0.62}
-    assert lora["full FT"]["local"]["val_accuracy"] == 0.75
-
-    iid = rows_by_variant(bench, "iid")["FedAvg (quickstart)"]
-    assert (iid["result"], iid["detail"]) == ("met", "+0.0 / +0.0 pts")
-
-    dirichlet = rows_by_variant(bench, "dirichlet")
-    assert dirichlet["fedprox"]["best"] and dirichlet["fedprox"]["result"] == "missed"
-    assert dirichlet["fedprox"]["detail"] == "-4.0 / -4.0 pts"
-    assert dirichlet["fedavg"]["result"] == "-"
-    assert rows_by_variant(bench, "pathological")["fedavg"]["result"] == "report"  # the best
-
-    codecs = rows_by_variant(bench, "codecs")
-    assert codecs["top-k 1% + EF"]["result"] == "-"  # as far at round 3, no extra rounds
-    assert codecs[sys.modules["quality_cases"].TOPK_WARMUP]["best"]
-    topk = codecs[sys.modules["quality_cases"].TOPK_WARMUP]
-    assert topk["result"] == "met" and "within at round 5 (+2)" in topk["detail"]
-    assert topk["rounds"] == 3 and topk["last"]["round"] == 10
-    assert codecs["int8"]["target"] == "(bytes plot)"
-
-    text = bench["md"].read_text()
-    assert "| best LoRA variant vs full fine-tuning, same rounds |" in text
-    assert "0.620 (negative)" in text and "**met**" in text and "**missed**" in text
-    assert "fedtune run label_skew --set federation.strategy=scaffold" in text
-    assert bench["png"].stat().st_size > 10_000
+    iid = rows(bench, "iid")["full FT: strategy=fedavg"]
+    # the reference is the converged centralized run (0.81 / 0.71 after 4 rounds): 0.80 /
+    # 0.70 at round 3 is within 1 point, at 0.75x its examples
+    assert iid["centralized"]["accuracy"] == 0.81 and iid["result"] == "met"
+    assert "within at round 3 (0.75x its examples)" in iid["why"]
+    lora = rows(bench, "lora")
+    assert lora["full FT: strategy=fedavg"]["result"] == "reference"
+    # r8 reaches 0.795 / 0.695 at round 2: 2 rounds of 8 MB against full FT's 3 of 800 MB
+    r8 = lora["lora: strategy=fedavg"]
+    assert r8["result"] == "met" and "(0.67% of the reference's" in r8["why"], r8
+    assert lora["LoRA: rank=4"]["result"] == "missed"
+    assert "not within 1 pt" in lora["LoRA: rank=4"]["why"]
+    secagg = rows(bench, "secagg")["secagg: strategy=fedavg"]
+    assert secagg["result"] == "met" and "vs secagg: enabled=false +0.3 / +0.3" in secagg["why"]
+    page = bench["md"].read_text()
+    assert "**met** by full FT: strategy=fedavg" in page and bench["png"].is_file()
+    assert "fedtune sweep quickstart --grid federation.strategy=fedavg --with-baselines" in page
 
 
-def test_rerun_skips_recorded_commands_and_fresh_reruns_them(quality, bench) -> None:
-    quality.main(["--only", "iid"], runner=FakeRunner(quality))
-    again = FakeRunner(quality)
-    quality.main(["--only", "iid"], runner=again)
-    assert again.calls == []
-    fresh = FakeRunner(quality)
-    quality.main(["--only", "iid", "--fresh"], runner=fresh)
-    assert [argv[0] for argv in fresh.calls] == ["centralized", "local", "run"]  # baselines first
+def test_an_interrupted_benchmark_resumes_its_sweeps(quality, bench) -> None:
+    first = FakeSweep(fail="rank=4")
+    quality.main(["--only", "lora"], runner=first)
+    assert rows(bench, "lora")["LoRA: rank=4"]["result"] == "not finished"
+    finished = {p: p.stat().st_mtime_ns for p in bench["work"].glob("*/*/summary.json")}
+    again = FakeSweep()
+    quality.main(["--only", "lora"], runner=again)
+    assert all(call[1] == "--resume" for call in again.calls)
+    assert rows(bench, "lora")["LoRA: rank=4"]["result"] == "missed"
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished.items())  # not rerun
 
 
-def test_failed_command_is_recorded_the_bench_goes_on_and_retries_it(quality, bench) -> None:
-    quality.main(["--only", "iid"], runner=FakeRunner(quality, fail="centralized"))
-    recorded = json.loads(bench["json"].read_text())["invocations"]
-    failed = [r for key, r in recorded.items() if key.startswith("fedtune centralized")]
-    assert failed[0]["error"] == "exit 2: fedtune: error: simulated failure"
-    assert len(recorded) == 3  # the local-only run still ran after the failure
-    row = rows_by_variant(bench, "iid")["FedAvg (quickstart)"]
-    assert row["result"] == "no reference"
-    assert row["centralized"] == {"error": failed[0]["error"]}
-
-    retry = FakeRunner(quality)
-    quality.main(["--only", "iid"], runner=retry)
-    assert [argv[0] for argv in retry.calls] == ["centralized"]
-    assert rows_by_variant(bench, "iid")["FedAvg (quickstart)"]["result"] == "met"
+def test_a_sweep_that_cannot_start_stops_the_benchmark(quality, bench) -> None:
+    with pytest.raises(SystemExit, match="exited 2"):
+        quality.main(["--only", "iid"], runner=lambda argv: 2)
 
 
-def test_quick_commands_are_small_and_keyed_apart(quality, bench) -> None:
-    case = next(c for c in quality.CASES if c["name"] == "codecs")
-    quick = quality.case_invocations(case, True)
-    full = quality.case_invocations(case, False)
-    assert set(quick) == {
-        "full FT",
-        sys.modules["quality_cases"].TOPK_WARMUP,
-        "centralized",
-        "local",
-    }
-    assert quick[sys.modules["quality_cases"].TOPK_WARMUP].get("federation.rounds") == "2"
-    assert full[sys.modules["quality_cases"].TOPK_WARMUP].get("federation.rounds") == "10"
-    assert full["top-k 1% + EF"].get("federation.rounds") is None
-    assert quick["full FT"].get("data.max_samples") == "300"
-    assert quick["full FT"].key(True).endswith(" [quick]")
-    assert full["full FT"].key(False) == "fedtune run quickstart"
-    skew = next(c for c in quality.CASES if c["name"] == "dirichlet")
-    assert set(quality.case_invocations(skew, True)) == {"fedavg", "centralized", "local"}
-    assert quality.case_invocations(skew, True)["fedavg"].get("data.max_samples") == "600"
+def test_quick_mode_adds_the_small_overrides_and_skips_slow_sweeps(quality, bench) -> None:
+    fake = FakeSweep()
+    quality.main(["--quick", "--only", "dirichlet", "dp"], runner=fake)
+    assert [c[1] for c in fake.calls] == ["label_skew", "quickstart"]  # dp: not in --quick
+    skew = " ".join(fake.calls[0])
+    assert "--set data.max_samples=600" in skew and "--set federation.rounds=1" in skew
+    # the reference is the IID case's centralized run, from its own (quick) sweep
+    fedavg = rows(bench, "dirichlet")["label_skew: strategy=fedavg"]
+    assert fedavg["centralized"]["accuracy"] == 0.81 and fedavg["result"] == "met"
 
 
-def test_within_and_best_pick(quality) -> None:
-    assert quality.within((-1.0, 0.5), 1.0) and not quality.within((-1.01, 2.0), 1.0)
-    gap_of = {"a": (-0.5, -3.0), "b": (-1.5, -1.5), "c": (2.0, -4.0)}
-    assert quality.pick_best(["a", "b", "c"], gap_of, set()) == "b"
-    assert quality.pick_best(["a", "b", "c"], gap_of, {"c"}) == "c"  # met with extra rounds
+def test_targets(quality, tmp_path: Path) -> None:
+    from quality_cases import AboveMajority, NearCentralized
+
+    def run(accuracy: list[float], **summary) -> object:
+        lines = [{"round": r, "accuracy": a, "macro_f1": a} for r, a in enumerate(accuracy)]
+        final = {"accuracy": accuracy[-1], "macro_f1": accuracy[-1]}
+        summary = {"final": final, "majority_class": {**MAJORITY, "headline": "macro_f1"}}
+        return quality.Run("x", {**summary, **extra}, lines, tmp_path)
+
+    extra: dict = {}
+    ref = quality.Run(
+        "c", {"final": {"accuracy": 0.8, "macro_f1": 0.8}, "rounds_completed": 2}, [], tmp_path
+    )
+    late = run([0.1, 0.5, 0.7, 0.75, 0.8])  # within 3 points at round 4: 2x the examples
+    assert quality.near_centralized(NearCentralized(3, 5, 3), late, ref)[0]
+    assert not quality.near_centralized(NearCentralized(3, 5, 1.5), late, ref)[0]
+    assert not quality.near_centralized(NearCentralized(3, 5), run([0.1, 0.7]), ref)[0]
+    extra = {"privacy": {"epsilon": 9.5}}
+    met, why = quality.above_majority(AboveMajority(0.15, max_epsilon=8), run([0.1, 0.5]), None)
+    assert not met and "epsilon 9.50" in why  # 0.5 >= 0.255 + 0.15, but epsilon > 8
+    extra = {"privacy": {"epsilon": 6.0}}
+    assert quality.above_majority(AboveMajority(0.15, max_epsilon=8), run([0.1, 0.5]), None)[0]
+    assert not quality.above_majority(AboveMajority(0.15), run([0.1, 0.4]), None)[0]
 
 
-def test_a_model_at_the_majority_class_is_said_so(quality) -> None:
-    majority = {"label": "negative", "share": 0.62}
-    always_negative = {"majority": majority, "accuracy": 0.62, "macro_f1": 0.2551}
-    learnt = {"majority": majority, "accuracy": 0.62, "macro_f1": 0.45}
-    better = {"majority": majority, "accuracy": 0.70, "macro_f1": 0.25}
-    assert quality.at_majority(always_negative)
-    assert not quality.at_majority(learnt) and not quality.at_majority(better)
-    assert "at the majority class" in quality._result_cell({**always_negative, "result": "met"})
-    assert quality._reference_at_majority({"majority": majority}, always_negative)
-    assert not quality._reference_at_majority({"majority": majority}, learnt)
-
-
-def test_dry_run_validates_every_shipped_command(quality, bench, capsys) -> None:
-    quality.main(["--dry-run"])  # loads each scenario with its overrides: unknown keys fail
+def test_dry_run_validates_every_shipped_sweep(quality, bench, capsys) -> None:
+    quality.main(["--dry-run"])
     out = capsys.readouterr().out
-    assert "fedtune run label_skew --set federation.strategy=fedprox" in out
-    distinct = {
-        inv.key(False)
-        for case in quality.CASES
-        for inv in quality.case_invocations(case, False).values()
-    }
-    assert f"{len(distinct)} distinct commands" in out
-    assert not bench["json"].exists()
-
-
-def test_rounds_with_failed_clients_are_flagged(quality, tmp_path: Path) -> None:
-    """A worker killed mid-run (e.g. for memory) leaves rounds the table must not pass off."""
-    lines = [
-        {"round": 0},
-        {"round": 1, "failures": {"train": {"sampled": 4, "replied": 4, "errors": 0}}},
-        {"round": 2, "failures": {"train": {"sampled": 4, "replied": 1, "errors": 3}}},
-    ]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    record = {"mode": "federated", "run_dir": str(tmp_path)}
-    assert quality.client_error_rounds(record) == [2]
-    assert quality.client_error_rounds({**record, "mode": "centralized"}) == []
-    row = {"accuracy": 0.8, "macro_f1": 0.7, "client_error_rounds": [2]}
-    assert quality._value_cell(row).endswith("; clients failed in round(s) 2")
+    assert f"{len(quality.planned(quality.CASES, False, bench['work']))} sweeps" in out
+    assert "[to run] fedtune sweep label_skew --grid federation.strategy=fedavg,fedprox" in out
