@@ -10,11 +10,16 @@ class FedtuneError(Exception):
     exit_code = 2
 
 
+TRACEBACK = "Traceback (most recent call last)"
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, cut to `limit` characters (its class name
-    when the message is empty): what a one-line error quotes of a library's failure."""
+    """The first line of an exception's message, cut to `limit` characters and before any
+    traceback it quotes (its class name when nothing is left): what a one-line error quotes
+    of a library's failure."""
     lines = str(exc).strip().splitlines()
-    return cut(lines[0], limit) if lines else type(exc).__name__
+    line = lines[0].split(TRACEBACK)[0].rstrip(" :") if lines else ""
+    return cut(line, limit) if line else type(exc).__name__
 
 
 def short(value: object, limit: int = 80) -> str:

@@ -19,8 +19,8 @@ from conftest import fedtune, write_scenario
 
 from fedtune import cli
 from fedtune.cli import COMMANDS, main
+from fedtune.federation.server.checkpoint import load_checkpoint
 from fedtune.launch import baselines, deploy, simulation, teardown
-from fedtune.runs.checkpoint import load_checkpoint
 
 
 def test_every_command_has_one_handler() -> None:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from fedtune.cli import main
 from fedtune.config import Scenario
-from fedtune.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedtune.federation.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def write_yaml(path: Path, raw: dict) -> Path:

@@ -29,13 +29,13 @@ from fedtune.data.corpus import build_federated_data, make_loader, tokenize
 from fedtune.federation.client import scaffold
 from fedtune.federation.client.state import PREFIX
 from fedtune.federation.server.app import run_server
+from fedtune.federation.server.checkpoint import load_checkpoint
 from fedtune.federation.strategies import scaffold as scaffold_server
 from fedtune.federation.strategies.deltas import DeltaUpdates
 from fedtune.federation.strategies.factory import SERVER_OPTIMIZER_DEFAULTS, build_strategy
 from fedtune.modeling.model import load_model, load_tokenizer
 from fedtune.modeling.train import mean_gradient
 from fedtune.records import from_record
-from fedtune.runs.checkpoint import load_checkpoint
 
 # ------------------------------------------------------------------ toy problem
 

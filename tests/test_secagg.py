@@ -19,9 +19,9 @@ from fedtune.data.corpus import build_federated_data
 from fedtune.federation.client.app import ClientError, build_client_app
 from fedtune.federation.exchange import SECAGG_RECORD
 from fedtune.federation.server.app import run_server
+from fedtune.federation.server.checkpoint import load_checkpoint
 from fedtune.modeling.model import load_model, trainable_weights
 from fedtune.records import from_record, to_record
-from fedtune.runs.checkpoint import load_checkpoint
 
 SECAGG = {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}
 

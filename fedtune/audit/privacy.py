@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedtune.atomic import write_json
+from fedtune.audit import MAX_BATCH_SIZE
 from fedtune.audit.inversion import invert_update
 from fedtune.config import Scenario, load_scenario
 from fedtune.data.corpus import client_splits, federated_data, make_loader, tokenize
@@ -294,6 +295,12 @@ def audit_run(
         )
     if not (run_dir / "model" / "config.json").is_file():
         raise AuditError(f"{run_dir}: no saved model (model/); run with output.save_model: true")
+    batch_size = batch_size or scenario.training.batch_size
+    if batch_size > MAX_BATCH_SIZE:
+        raise AuditError(
+            f"{run_dir}: batch size {batch_size} is above the {MAX_BATCH_SIZE} texts one "
+            "attacked update may hold; give --batch-size"
+        )
     summary = read_run(run_dir)["summary"]
     predictor = Predictor(run_dir / "model")
     result = {
@@ -305,7 +312,7 @@ def audit_run(
         "inversion": inversion_audit(
             scenario,
             tuple(predictor.labels),
-            batch_size or scenario.training.batch_size,
+            batch_size,
             batches,
             inversion_steps,
         ),

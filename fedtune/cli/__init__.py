@@ -1,9 +1,11 @@
 """The `fedtune` command line.
 
-Every command is a handler in `COMMANDS`. A problem the user can fix is a `FedtuneError`:
-`main` prints it as one line, `fedtune: error: ...`, and exits with its `exit_code`
-(2, or 1 for a deployment that failed); bad command-line syntax is one too. Ctrl-C (SIGINT)
-and SIGTERM end a command with one line and exit 130 / 143.
+Every command is a handler in `COMMANDS`, and every one ends by the same contract
+(docs/reference/contract.md, "Exit codes"): 0 success; 1 a run that failed, or an
+unexpected error (a bug: one line, its traceback in a file); 2 a problem the user can fix,
+a `FedtuneError` (bad command-line syntax is one too), one line `fedtune: error: ...`;
+130 / 143 after Ctrl-C (SIGINT) / SIGTERM, with `fedtune: interrupted`. No traceback
+reaches the terminal unless FEDTUNE_DEBUG=1 asks for it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 
 from fedtune.cli.deployment import certs_command, shards_command
 from fedtune.cli.parser import build_parser
@@ -28,7 +32,7 @@ from fedtune.cli.runs import (
     sweep_command,
     worker_command,
 )
-from fedtune.errors import FedtuneError
+from fedtune.errors import FedtuneError, first_line
 
 
 class _Terminated(KeyboardInterrupt):
@@ -55,23 +59,55 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 """Command name -> handler (its argparse namespace -> exit code)."""
 
+DEBUG_VARIABLE = "FEDTUNE_DEBUG"
+"""Set to 1: an error's full traceback goes to stderr too (for a bug report)."""
+
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
-def main(argv: list[str] | None = None) -> int:
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises `_Terminated` in the main thread while the command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        args = build_parser().parse_args(argv)
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def _traceback(exc: BaseException) -> str:
+    """Where the full traceback of `exc` went: stderr under FEDTUNE_DEBUG=1, else a new
+    file in the temporary directory (for a bug report)."""
+    if _debugging():
+        traceback.print_exception(exc)
+        return "traceback above"
+    try:
+        fd, path = tempfile.mkstemp(prefix="fedtune-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return f"rerun with {DEBUG_VARIABLE}=1 for its traceback"
+    return f"traceback in {path}; please report it"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one `fedtune` command; its exit code (see the module's docstring)."""
+    try:
+        with _sigterm_interrupts():
+            args = build_parser().parse_args(argv)
             return COMMANDS[args.command](args)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
     except FedtuneError as exc:
+        if _debugging():
+            traceback.print_exception(exc)
         print(f"fedtune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
@@ -80,4 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fedtune predict ... | head`: the reader left; stop quietly
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, its traceback kept
+        name, detail = type(exc).__name__, first_line(exc)
+        what = name if detail == name else f"{name}: {detail}"
+        print(f"fedtune: error: unexpected {what} ({_traceback(exc)})", file=sys.stderr)
         return 1

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import NoReturn
 
-from fedtune.errors import FedtuneError
+from fedtune import audit as limits
+from fedtune.errors import FedtuneError, cut
 
 MAX_CERT_NODES = 10_000
+MAX_PROCESSES = 64
+"""`sweep --parallel` and `serve --workers`: each is a process with its own model."""
 
 
 class UsageError(FedtuneError):
@@ -22,35 +26,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} -h)")
 
 
-def _count(text: str) -> int:
-    """`--nodes`: an integer from 0 to MAX_CERT_NODES."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_CERT_NODES:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CERT_NODES}, not {value}")
-    return value
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high` (a bigger one can only be a
+    mistake: each sets how much work or how many processes a command starts)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {cut(text, 40)!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be between {low} and {high}, not {cut(str(value), 40)}"
+            )
+        return value
 
-def _at_least(minimum: int, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    """An integer of at least 1."""
-    return _at_least(1, text)
-
-
-def _non_negative(text: str) -> int:
-    """An integer of at least 0."""
-    return _at_least(0, text)
+    return parse
 
 
 def _metric_value(text: str) -> float:
@@ -156,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("out_dir", help="directory to write into (new, or without these files)")
     certs.add_argument(
-        "--nodes", type=_count, default=2, help="SuperNode key pairs (default 2, at most 10000)"
+        "--nodes",
+        type=_integer(0, MAX_CERT_NODES),
+        default=2,
+        help=f"SuperNode key pairs (default 2, at most {MAX_CERT_NODES})",
     )
     certs.add_argument(
         "--name",
@@ -180,20 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("run_dir")
     audit.add_argument(
-        "--batch-size", type=_positive, help="texts per attacked update (default: the run's)"
+        "--batch-size",
+        type=_integer(1, limits.MAX_BATCH_SIZE),
+        help=f"texts per attacked update (default: the run's; at most {limits.MAX_BATCH_SIZE})",
     )
-    audit.add_argument("--batches", type=_positive, default=8, help="updates attacked (default 8)")
+    audit.add_argument(
+        "--batches",
+        type=_integer(1, limits.MAX_BATCHES),
+        default=8,
+        help=f"updates attacked (default 8, at most {limits.MAX_BATCHES})",
+    )
     audit.add_argument(
         "--inversion-steps",
-        type=_non_negative,
+        type=_integer(0, limits.MAX_INVERSION_STEPS),
         default=100,
-        help="gradient-matching steps per attacked update (default 100; 0: word rows only)",
+        help="gradient-matching steps per attacked update (default 100; 0: word rows only; "
+        f"at most {limits.MAX_INVERSION_STEPS}, about 0.35 s each at batch size 1 on 2 CPUs)",
     )
     audit.add_argument(
         "--max-examples",
-        type=_positive,
+        type=_integer(1, limits.MAX_EXAMPLES),
         default=500,
-        help="members and as many non-members for membership inference (default 500)",
+        help="members and as many non-members for membership inference (default 500, at "
+        f"most {limits.MAX_EXAMPLES})",
     )
     report = sub.add_parser("report", help="write report.md/report.html (and figures) for a run")
     report.add_argument("run_dir")
@@ -237,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     serve.add_argument(
-        "--workers", type=_positive, default=1, help="server processes (each loads the model)"
+        "--workers",
+        type=_integer(1, MAX_PROCESSES),
+        default=1,
+        help=f"server processes (each loads the model; at most {MAX_PROCESSES})",
     )
     return parser
 
@@ -270,7 +276,12 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         help="each run's cost to reach VALUE on the headline metric (default, with "
         "--with-baselines: the centralized run's final value)",
     )
-    sweep.add_argument("--parallel", type=_positive, default=1, help="runs at once (default 1)")
+    sweep.add_argument(
+        "--parallel",
+        type=_integer(1, MAX_PROCESSES),
+        default=1,
+        help=f"runs at once (default 1, at most {MAX_PROCESSES})",
+    )
     sweep.add_argument(
         "--ray-address",
         metavar="HOST:PORT|auto",

@@ -77,7 +77,17 @@ def headline(final: dict, majority: dict | None) -> str:
     return f"{text} (majority class {majority['label']!r}: {values})"
 
 
+def _check_ray_address(address: str | None) -> None:
+    """`--ray-address`: a cluster must answer there, checked in seconds before anything
+    loads or is written (Ray would retry for half a minute inside the run)."""
+    if address is not None:
+        from fedtune.launch.ray_cluster import check_ray_cluster
+
+        check_ray_cluster(address)
+
+
 def run_command(args: argparse.Namespace) -> int:
+    _check_ray_address(args.ray_address)
     scenario = _scenario(args, args.resume)
     from fedtune.launch import simulation  # heavy imports only once the input is valid
 
@@ -94,7 +104,9 @@ def _interrupted_run(exc: KeyboardInterrupt) -> NoReturn:
     """One line, then end the process now: the simulation's ServerApp thread may still be
     waiting for replies that will never come (its Ray processes are gone)."""
     run_dir = getattr(exc, "run_dir", None)
-    from fedtune.runs.checkpoint import checkpoint_dir  # loaded already: the run had started
+    from fedtune.federation.server.checkpoint import (
+        checkpoint_dir,  # loaded already: the run had started
+    )
 
     resumable = run_dir is not None and checkpoint_dir(run_dir) is not None
     if sys.stderr.isatty():
@@ -144,6 +156,7 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    _check_ray_address(args.ray_address)
     from fedtune.launch import sweep
 
     if args.resume:

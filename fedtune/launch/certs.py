@@ -20,14 +20,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fedtune.atomic import create_file, make_dir
+
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1", "superlink")
 """SANs always in the server certificate (`superlink` is its Docker Compose service name)."""
 VALID_DAYS = 365
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    path.chmod(0o600 if private else 0o644)
+    """A new file (FileExistsError if anything, a link included, is there); a private one
+    is 0600 from the start."""
+    create_file(path, data, 0o600 if private else 0o644)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -91,9 +94,10 @@ def node_key_pair(path: Path) -> None:
 def make_certs(out: Path, nodes: int, names: tuple[str, ...] = ()) -> list[Path]:
     """Write into `out`: ca.crt/ca.key, server.pem/server.key (SANs: DEFAULT_NAMES plus
     `names`), superexec.secret, and node-<i>/node-<i>.pub for i in 0..nodes-1 (the
-    nodes' partition ids). Return the files written."""
-    out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o755)
+    nodes' partition ids). Return the files written. `out` may exist (not as a link); a
+    file already there is an error, never replaced."""
+    if make_dir(out):
+        os.chmod(out, 0o755)  # the public files are readable by a container's other users
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = _certificate("fedtune CA", ca_key)
     server_key = ec.generate_private_key(ec.SECP384R1())

@@ -34,6 +34,7 @@ from typing import IO
 import tomli_w
 import yaml
 
+from fedtune.atomic import create_file, make_dir
 from fedtune.config import Scenario, ScenarioError
 from fedtune.data.corpus import LABEL, TEXT, federated_data
 from fedtune.errors import FedtuneError
@@ -143,7 +144,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def write_node_files(scenario: Scenario, nodes_dir: Path) -> list[Path]:
     """Each client's shard (the scenario's partition, before its local split) as
     nodes/node-<i>/data.jsonl, with the scenario's column names and label names (and its
-    tabular columns; a missing number as null)."""
+    tabular columns; a missing number as null). Each file is new: one already there, or a
+    link in place of a file or a folder, is an OSError (nothing is written through it)."""
     fed = federated_data(scenario)
     text, label = scenario.data.text_column, scenario.data.label_column
     tabular = scenario.data.tabular.columns if scenario.data.tabular else ()
@@ -151,7 +153,7 @@ def write_node_files(scenario: Scenario, nodes_dir: Path) -> list[Path]:
     for pid in range(scenario.partition.num_clients):
         shard = fed.partition(pid)
         path = nodes_dir / f"node-{pid}" / "data.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent)
         rows = (
             json.dumps(
                 {
@@ -163,7 +165,7 @@ def write_node_files(scenario: Scenario, nodes_dir: Path) -> list[Path]:
             )
             for row in shard.select_columns([TEXT, LABEL, *tabular])
         )
-        path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        create_file(path, ("\n".join(rows) + "\n").encode("utf-8"))
         paths.append(path)
     return paths
 

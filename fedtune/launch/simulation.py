@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import warnings
 from pathlib import Path
@@ -25,6 +24,8 @@ from fedtune.data.corpus import (
 from fedtune.errors import FedtuneError, first_line
 from fedtune.federation.client.app import build_client_app
 from fedtune.federation.server.app import build_server_app
+from fedtune.federation.server.checkpoint import load_checkpoint
+from fedtune.launch.ray_cluster import check_ray_cluster
 from fedtune.launch.teardown import (
     NoSigtermNotice,
     capture_stop_event,
@@ -32,8 +33,7 @@ from fedtune.launch.teardown import (
     stop_ray,
 )
 from fedtune.modeling.model import check_model
-from fedtune.runs.checkpoint import load_checkpoint
-from fedtune.runs.directory import check_output_dir
+from fedtune.runs.directory import claim_run_dir
 from fedtune.runs.recorder import default_run_dir
 
 
@@ -54,13 +54,14 @@ class _QuietConsole(logging.Filter):
         )
 
 
-def prepare_run_dir(scenario: Scenario, mode: str) -> Path:
-    """The run directory; refuse a file, a directory that already holds a run, and a
-    non-empty directory that is not a run (fedtune never overwrites files it did not write).
-    `fedtune` checks `output.dir` itself before anything starts; this covers the default
-    `runs/<name>-<time>` and other callers."""
+def prepare_run_dir(scenario: Scenario, mode: str, resume: bool = False) -> Path:
+    """The run directory, made and held by this process until it ends (`claim_run_dir`);
+    refuse a link, a file, a directory another process writes into, one that already holds
+    a run (unless `resume`), and a non-empty directory that is not a run (fedtune never
+    overwrites files it did not write). `fedtune` checks `output.dir` itself before anything
+    starts; this covers the default `runs/<name>-<time>`, other callers and a race."""
     run_dir = default_run_dir(scenario, mode)
-    check_output_dir(run_dir)
+    claim_run_dir(run_dir, resume)
     return run_dir
 
 
@@ -106,31 +107,6 @@ def check_resources(scenario: Scenario) -> None:
             )
 
 
-def check_ray_cluster(address: str) -> None:
-    """Fail before the run starts when no Ray cluster answers at `address` (`auto`: the one
-    `ray start` left on this machine; HOST:PORT: its head's GCS port, within 5 s; Ray itself
-    would retry for minutes)."""
-    if address == "auto":
-        import ray
-
-        try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise ScenarioError(f"--ray-address auto: {first_line(exc)}") from None
-        finally:
-            ray.shutdown()
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ScenarioError(f"--ray-address {address!r}: give HOST:PORT or auto")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as exc:
-        raise ScenarioError(
-            f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc})"
-        ) from None
-
-
 def check_inputs(scenario: Scenario) -> None:
     """Fail before any process starts: data loads, every shard is usable, model loads."""
     fed = federated_data(scenario)
@@ -154,11 +130,9 @@ def run_federated(
     else:
         check_ray_cluster(ray_address)
     check_inputs(scenario)
-    if resume:
-        run_dir = default_run_dir(scenario)
-        load_checkpoint(run_dir).check_scenario(scenario)  # fail now, not in the server thread
-    else:
-        run_dir = prepare_run_dir(scenario, "")
+    if resume:  # checked whole now: not in the server thread, nor once the run dir is claimed
+        load_checkpoint(default_run_dir(scenario), scenario)
+    run_dir = prepare_run_dir(scenario, "", resume)
     # The nodes keep their own state under the run directory: they must know where it is.
     output = scenario.output.model_copy(update={"dir": str(run_dir)})
     scenario = scenario.model_copy(update={"output": output})
@@ -264,7 +238,7 @@ def simulate(run_dir: Path, **kwargs: Any) -> None:
         cause = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        detail = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        detail = first_line(cause, 300) if str(cause).strip() else ""
         log_file = run_dir / "run.log"
         where = f"; see {log_file}" if log_file.exists() else ""
         raise SimulationError(

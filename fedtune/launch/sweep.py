@@ -25,7 +25,8 @@ from pathlib import Path
 from fedtune.atomic import write_atomic
 from fedtune.config import ScenarioError, load_scenario, parse_override
 from fedtune.errors import FedtuneError, cut, short
-from fedtune.runs.checkpoint import checkpoint_dir
+from fedtune.federation.server.checkpoint import checkpoint_dir
+from fedtune.runs.directory import lock_dir, lock_holder
 
 SWEEP_FILE = "sweep.json"
 BASELINES = ("centralized", "local")
@@ -192,6 +193,8 @@ def _fresh_dir(run_dir: Path) -> None:
     killed before its first checkpoint); refuse a link planted in its place."""
     if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
         raise ScenarioError(f"{run_dir}: not a directory the sweep made; remove it")
+    if run_dir.is_dir() and (pid := lock_holder(run_dir)) is not None:
+        raise ScenarioError(f"{run_dir}: process {pid or '?'} still runs there; stop it first")
     if run_dir.is_dir() and checkpoint_dir(run_dir) is None:
         shutil.rmtree(run_dir)
 
@@ -258,7 +261,7 @@ def run_sweep(
     """Run every pending or failed run of `plan` (`parallel` at once), recording each in
     sweep.json as it ends, then compare the finished ones in `sweep_dir`. SweepFailed when
     a run failed; KeyboardInterrupt stops the running ones (resumable)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir(sweep_dir, "sweep")  # one sweep at a time in it, until this process ends
     children = _Children()
     launch = launch or children.launch
     todo = [run for run in plan.runs if run.status != "done"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 
-from fedtune.atomic import save_dir_atomic, write_atomic, write_json
+from fedtune.atomic import make_dir, open_file, save_dir_atomic, write_atomic, write_json
 from fedtune.config import Scenario
 from fedtune.modeling.metrics import (
     CENTRAL_KEYS,
@@ -101,6 +102,14 @@ class Progress:
         log.info(text)
 
 
+class _RunLog(logging.FileHandler):
+    """run.log, appended to (a resumed run continues it), never opened through a link."""
+
+    def _open(self) -> IO[str]:
+        fd = open_file(Path(self.baseFilename), os.O_APPEND)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 class RunRecorder:
     """Collects per-round metrics and writes summary.json, metrics.jsonl, partition.json,
     run.log, TensorBoard events, figures and the model directory into one run directory."""
@@ -115,9 +124,9 @@ class RunRecorder:
         self.local_clients: list[dict] = []
         """Local-only mode: each client's results (`client_done`)."""
         self._new_round()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.run_dir)
         write_json(self.run_dir / "scenario.json", scenario.model_dump(mode="json"))
-        self.log_handler = logging.FileHandler(self.run_dir / "run.log", encoding="utf-8")
+        self.log_handler = _RunLog(self.run_dir / "run.log", encoding="utf-8")
         self.log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         for name in LOGGERS:
             logging.getLogger(name).addHandler(self.log_handler)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import struct
 import sys
 from collections.abc import Callable, Mapping
@@ -100,19 +101,35 @@ def call(path: str, kind: str, msg: Message, context: Context, startup: float) -
     return serde.recorddict_from_proto(content)
 
 
+def _clear(path: Path) -> None:
+    """Remove a stale socket of this user's at `path` (its worker died); refuse anything
+    else there: a file, a folder or a link is not fedtune's to delete, a live socket is
+    another process's."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise WorkerSocketError(
+            f"{path} exists and is not a socket; fedtune replaces only a stale socket of its own"
+        )
+    if info.st_uid != os.getuid():
+        raise WorkerSocketError(f"{path} is another user's socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # no one listens: a worker that died
+            return
+    raise WorkerSocketError(f"a worker already listens on {path}")
+
+
 def listen(path: Path) -> socket.socket:
-    """A unix socket at `path`, created owner-only; a stale socket file is replaced, a live
-    one (another worker) refused."""
-    if path.exists() or path.is_symlink():
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink()
-            else:
-                raise WorkerSocketError(f"a worker already listens on {path}")
+    """A unix socket at `path`, created owner-only; a stale socket of this user's is
+    replaced, anything else at `path` refused (`_clear`)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        _clear(path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         umask = os.umask(0o177)  # the socket file is born 0600: no window for other users
         try:
@@ -121,6 +138,8 @@ def listen(path: Path) -> socket.socket:
             os.umask(umask)
     except OSError as exc:
         sock.close()
+        if isinstance(exc, WorkerSocketError):
+            raise
         raise WorkerSocketError(f"cannot listen on {path}: {exc.strerror or exc}") from None
     sock.listen(8)
     return sock
@@ -133,11 +152,13 @@ def peer_uid(conn: socket.socket) -> int:
 
 
 def serve(path: Path, ready: Callable[[], None] = lambda: None) -> None:
-    """Answer messages on `path`, one at a time, until interrupted (the socket is removed)."""
+    """Answer messages on `path`, one at a time, until interrupted (its socket is then
+    removed, unless something else has taken its place)."""
     from fedtune.config import scenario_from_run_config  # heavy: loaded once, kept warm
     from fedtune.federation.client.node import HANDLERS
 
     listener = listen(path)
+    made = path.lstat()
     ready()
     try:
         while True:
@@ -147,7 +168,8 @@ def serve(path: Path, ready: Callable[[], None] = lambda: None) -> None:
     finally:
         listener.close()
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            if os.path.samestat(path.lstat(), made):  # still its own socket
+                path.unlink()
 
 
 def _answer(conn: socket.socket, handlers: Mapping[str, Callable], scenario_of: Callable) -> None:

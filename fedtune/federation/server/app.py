@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedtune.config import Scenario, scenario_from_run_config
 from fedtune.data.corpus import federated_data, label_table, make_loader, server_eval_data, tokenize
 from fedtune.federation.exchange import Exchange, ObservedGrid, TrainOutcome
+from fedtune.federation.server.checkpoint import load_checkpoint, save_checkpoint
 from fedtune.federation.server.secagg import SecureAggregation
 from fedtune.federation.statistics import LABEL_COUNTS, federation_label_counts
 from fedtune.federation.strategies.factory import build_strategy
@@ -26,7 +27,6 @@ from fedtune.federation.strategies.privacy import privacy_spent
 from fedtune.modeling.model import load_model, load_tokenizer, load_weights, shared_weights
 from fedtune.modeling.train import evaluate, pick_device
 from fedtune.records import from_record, to_record
-from fedtune.runs.checkpoint import load_checkpoint, save_checkpoint
 from fedtune.runs.recorder import Progress, RunRecorder, default_run_dir
 
 SAMPLING = random.Random()
@@ -123,9 +123,7 @@ class FederatedRun:
         seed_everything(scenario.seed)
         check_node_count(grid, scenario.partition.num_clients)
         self.scenario, self.run_dir, self.quiet = scenario, run_dir, quiet
-        self.checkpoint = load_checkpoint(run_dir) if resume else None
-        if self.checkpoint is not None:
-            self.checkpoint.check_scenario(scenario)
+        self.checkpoint = load_checkpoint(run_dir, scenario) if resume else None
         test, label_names = server_eval_data(scenario)
         self.server = GlobalModel.load(scenario, test, label_names)
         self.strategy = build_strategy(scenario, evaluate=scenario.data.val_size > 0)
