@@ -184,6 +184,8 @@ def sweep_command(args: argparse.Namespace) -> int:
 def worker_command(args: argparse.Namespace) -> int:
     from fedtune.federation.client import worker
 
+    if not args.socket.strip():
+        raise UsageError("--socket: give the unix socket's path (it is empty)")
     path = Path(args.socket).absolute()
     worker.serve(path, lambda: print(f"fedtune worker: listening on {path}", flush=True))
     return 0
