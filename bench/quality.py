@@ -172,8 +172,16 @@ def majority(runs: dict[str, Run | str]) -> dict | None:
     return next((r.summary["majority_class"] for r in runs.values() if isinstance(r, Run)), None)
 
 
-def near_centralized(target: NearCentralized, run: Run, ref: Run) -> tuple[bool, str]:
+def at_majority(values: dict, summary: dict) -> bool:
+    """Whether `values` are (within half a point) the always-majority-class model's."""
+    metric, majority = headline_metric(summary), summary.get("majority_class") or {}
+    return metric in majority and values[metric] <= majority[metric] + 0.005
+
+
+def near_centralized(target: NearCentralized, run: Run, ref: Run) -> tuple[bool | None, str]:
     point = ref.final
+    if at_majority(point, ref.summary):
+        return None, "the centralized reference is at the majority class"
     limits = (target.acc, target.f1)
 
     def within(line: dict) -> bool:
@@ -242,8 +250,8 @@ def judge(case: Case, run: Run, runs: dict, reference: Run | None) -> tuple[str,
     return _verdict(near_centralized(target, run, reference))
 
 
-def _verdict(result: tuple[bool, str]) -> tuple[str, str]:
-    return ("met" if result[0] else "missed"), result[1]
+def _verdict(result: tuple[bool | None, str]) -> tuple[str, str]:
+    return {True: "met", False: "missed", None: "no verdict"}[result[0]], result[1]
 
 
 def centralized_of(case: Case, runs: dict, quick: bool, work: Path) -> Run | None:
@@ -468,7 +476,7 @@ def main(argv: list[str] | None = None, runner: Callable[[list[str]], int] = run
         code = runner(argv_)
         if code not in (0, 1):  # 1: some runs failed (the table says which); 2: a bad sweep
             raise SystemExit(f"fedtune sweep exited {code}; stopping")
-    write_page(cases, args.quick, paths)
+    write_page(CASES, args.quick, paths)  # every case: what has not run says so
     print(f"\n{shown(paths['md'])} written")
 
 

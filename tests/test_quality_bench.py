@@ -187,6 +187,9 @@ def test_targets(quality, tmp_path: Path) -> None:
     assert quality.near_centralized(NearCentralized(3, 5, 3), late, ref)[0]
     assert not quality.near_centralized(NearCentralized(3, 5, 1.5), late, ref)[0]
     assert not quality.near_centralized(NearCentralized(3, 5), run([0.1, 0.7]), ref)[0]
+    # a centralized run at the majority class measures nothing
+    ref.summary |= {"final": {"accuracy": 0.62, "macro_f1": 0.255}, "majority_class": MAJORITY}
+    assert quality.near_centralized(NearCentralized(3, 5), late, ref)[0] is None
     extra = {"privacy": {"epsilon": 9.5}}
     met, why = quality.above_majority(AboveMajority(0.15, max_epsilon=8), run([0.1, 0.5]), None)
     assert not met and "epsilon 9.50" in why  # 0.5 >= 0.255 + 0.15, but epsilon > 8
