@@ -80,6 +80,8 @@ BAD_FILES = [
     ("federation: [1, 2\n", "malformed YAML"),
     ("- just\n- a list\n", "expected a mapping of sections"),
     ("model: 5\n", "model: Input should be a valid dictionary"),
+    ('"bo\\ngus": 1\n', "'bo\\ngus': unknown key"),  # a key never breaks the line
+    ('model: {"": 1}\n', "model.'': unknown key"),
 ]
 
 
@@ -102,6 +104,21 @@ def test_bad_scenario_files_give_one_line_errors(tmp_path: Path, text: str, mess
 def test_bad_override_syntax(item: str, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
         parse_override(item)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("bo\ngus=1", "'bo\\ngus': unknown key"),
+        ("model.x\u2028y=1", "model.'x\\u2028y': unknown key"),
+        ("seed.x\ny=1", "--set 'seed.x\\ny': 'seed' is not a section"),
+    ],
+)
+def test_override_errors_quote_keys_that_break_lines(item: str, message: str) -> None:
+    with pytest.raises(ScenarioError) as err:
+        load_scenario("quickstart", dict([parse_override(item)]))
+    text = str(err.value)
+    assert message in text and text.splitlines() == [text], text
 
 
 def test_override_type_error_names_key() -> None:

