@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,9 @@ import torch
 import uvicorn
 from conftest import tiny_bert
 from fastapi import FastAPI
+from fuzzing import FAST, SLOW
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from fedtune.cli import main
 from fedtune.cli import predict as cli_predict
@@ -177,13 +182,19 @@ def test_predict_endpoint(server: tuple[str, FastAPI], predictor: Predictor) -> 
         ({"data": {"texts": "great"}}, "Content-Type: application/json"),
         ({"json": {}}, "texts: Field required"),
         ({"json": {"text": ["great"]}}, "texts: Field required"),
-        ({"json": ["great"]}, "body: Input should be a valid dictionary"),
+        ({"json": ["great"]}, "body: Input should be an object"),
         ({"json": {"texts": []}}, "texts: List should have at least 1 item"),
-        ({"json": {"texts": "great"}}, "texts: Input should be a valid list"),
+        ({"json": {"texts": "great"}}, "texts: Input should be a valid array"),
         ({"json": {"texts": ["great", 3]}}, "texts.1: Input should be a valid string"),
         ({"json": {"texts": ["great", None]}}, "texts.1: Input should be a valid string"),
         ({"json": {"texts": ["great"] * (MAX_TEXTS + 1)}}, "texts: List should have at most 8"),
         ({"json": {"texts": ["ok", "x" * (MAX_CHARS + 1)]}}, "texts.1: String should have at most"),
+        # What FastAPI's own parsing answered 400 "There was an error parsing the body":
+        ({"content": b"[" * 30_000 + b"]" * 30_000, "headers": JSON}, "recursion limit exceeded"),
+        ({"content": b'{"texts": ["\xff"]}', "headers": JSON}, "invalid unicode code point"),
+        ({"content": b'{"texts": [1' + b"0" * 5000 + b"]}", "headers": JSON}, "number out of"),
+        ({"content": b"", "headers": JSON}, "malformed JSON: EOF while parsing"),
+        ({"content": b'{"texts": ["a"], "features": [{"x": NaN}]}', "headers": JSON}, "finite"),
     ],
 )
 def test_invalid_requests_are_rejected_with_422(
@@ -195,14 +206,108 @@ def test_invalid_requests_are_rejected_with_422(
     assert message in response.json()["detail"]
 
 
-def test_invalid_utf8_body_is_a_client_error(server: tuple[str, FastAPI]) -> None:
+# ------------------------------------------------------------------ fuzz: request parsing
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+_PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+    str.strip  # what HTTP allows in a header value
+)
+_BODIES = st.one_of(
+    st.binary(max_size=200),  # anything at all
+    _JSON.map(json.dumps),  # any JSON (NaN and Infinity included)
+    st.fixed_dictionaries(  # nearly a request
+        {"texts": st.lists(st.text(max_size=40) | _JSON, max_size=MAX_TEXTS + 2)},
+        optional={"features": _JSON | st.lists(st.dictionaries(st.text(max_size=4), _JSON))},
+    ).map(json.dumps),
+    st.integers(1, 20_000).map(lambda depth: "[" * depth + "]" * depth),
+).map(lambda body: body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body)
+_HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "content-type": st.sampled_from(
+            ["application/json", "application/json; charset=utf-8", "application/x+json"]
+        )
+        | _PRINTABLE,
+        "content-encoding": st.sampled_from(["gzip", "identity"]) | _PRINTABLE,
+        "authorization": _PRINTABLE,
+        "x-api-key": _PRINTABLE,
+        "accept": _PRINTABLE,
+    },
+)
+
+
+def check_predict_request(url: str, body: bytes, headers: dict[str, str]) -> None:
+    """Any body with any of these headers is answered 200 (predictions, one per text), or
+    422 or 413 (too large) with a one-line `detail`: never 5xx, never another 4xx."""
+    response = httpx.post(f"{url}/predict", content=body, headers=headers, timeout=60)
+    assert response.status_code in (200, 413, 422), (body[:200], headers, response.text)
+    if response.status_code == 200:
+        texts = json.loads(body)["texts"]
+        assert len(response.json()["predictions"]) == len(texts)
+    else:
+        detail = response.json()["detail"]
+        assert isinstance(detail, str) and detail and "\n" not in detail
+
+
+_DEEP = b"[" * 30_000 + b"]" * 30_000
+
+
+@FAST
+@given(body=_BODIES, headers=_HEADERS)
+@example(body=_DEEP, headers=JSON)
+@example(body=b'{"texts": ["\xff"]}', headers=JSON)
+@example(
+    body=b'{"texts": ["great"]}', headers={"content-type": "application/json", "x-api-key": ""}
+)
+def test_predict_request_parsing_fuzz_fast(
+    server: tuple[str, FastAPI], body: bytes, headers: dict[str, str]
+) -> None:
+    check_predict_request(server[0], body, headers)
+
+
+@pytest.mark.slow("a few hundred requests")
+@SLOW
+@given(body=_BODIES, headers=_HEADERS)
+def test_predict_request_parsing_fuzz(
+    server: tuple[str, FastAPI], body: bytes, headers: dict[str, str]
+) -> None:
+    check_predict_request(server[0], body, headers)
+
+
+def _predict_error_statuses(url: str) -> dict[str, float]:
+    """Status -> requests to /predict answered 4xx/5xx so far (the server's own count)."""
+    samples = _samples(httpx.get(f"{url}/metrics").text)
+    return {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples.items()
+        if name == "fedtune_request_errors_total" and dict(labels)["path"] == "/predict"
+    }
+
+
+def test_a_client_gone_before_its_body_is_whole_is_no_server_error(
+    server: tuple[str, FastAPI],
+) -> None:
+    """Counted as 499 (nginx's "client closed request"), never 500 or 400."""
     url, _ = server
-    response = httpx.post(
-        f"{url}/predict",
-        content=b'{"texts": ["\xff"]}',
-        headers={"content-type": "application/json"},
-    )
-    assert 400 <= response.status_code < 500, response.text
+    before = _predict_error_statuses(url)
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as client:
+        client.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"texts": ['
+        )
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while (after := _predict_error_statuses(url)).get("499", 0) == before.get("499", 0):
+        assert time.monotonic() < deadline, after
+        time.sleep(0.05)
+    assert {status: n - before.get(status, 0) for status, n in after.items()} == {
+        **{status: 0 for status in before},
+        "499": 1,
+    }
 
 
 def test_concurrent_requests_are_batched(server: tuple[str, FastAPI]) -> None:
@@ -329,6 +434,24 @@ def test_oversized_bodies_get_413(server: tuple[str, FastAPI]) -> None:
     body = b'{"texts": ["great"]}'
     padded = body + b" " * (MAX_BODY - len(body))
     assert httpx.post(f"{url}/predict", content=padded, headers=JSON).status_code == 200
+
+
+def test_body_limit_does_not_call_the_app_for_a_client_gone_mid_body() -> None:
+    messages = [{"type": "http.request", "body": b"{", "more_body": True}]
+    messages.append({"type": "http.disconnect"})
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def app(scope: dict, receive, send) -> None:  # noqa: ANN001
+        raise AssertionError("nobody is left to answer")
+
+    asyncio.run(BodyLimit(app)({"type": "http", "headers": []}, receive, send))
+    assert sent == [] and messages == []
 
 
 def test_body_limit_reads_no_further_than_the_limit() -> None:
@@ -491,6 +614,8 @@ def test_https_with_fedtune_certs(predictor: Predictor, tmp_path: Path) -> None:
         ({"keys": ""}, "no keys (one per line)"),
         ({"keys": "# only a comment\n\n"}, "no keys (one per line)"),
         ({"keys": "short\n"}, "key 1 is shorter than 16 characters"),
+        ({"keys": f"{KEY}\nroot:x:0:0:root:/root:/bin/bash\n"}, "key 2 has a character other"),
+        ({"keys": "0123456789abcdef 0123456789abcdef\n"}, "key 1 has a character other"),
         ({"keys": None}, "cannot read: No such file or directory"),
         ({"cert_only": True}, "give both --ssl-certfile and --ssl-keyfile"),
         ({"bad_cert": True}, "cannot load"),
@@ -517,24 +642,149 @@ def test_serve_bad_keys_or_tls_files_exit_2(
     assert len(err) == 1 and message in err[0], err
 
 
-@pytest.mark.slow("fedtune serve with several worker processes")
-def test_serve_with_workers_sums_metrics_over_processes(model_dir: Path, tmp_path: Path) -> None:
-    key_file = tmp_path / "keys.txt"
-    key_file.write_text(f"# fedtune serve keys\n{KEY}\n")
+def _tls_argv(tmp_path: Path, **replace: Path) -> list[str]:
+    """--ssl-certfile/--ssl-keyfile of fresh `fedtune certs`, either replaced by a path."""
+    make_certs(tmp_path / "certs", 0)
+    files = {
+        "certfile": tmp_path / "certs" / "server.pem",
+        "keyfile": tmp_path / "certs" / "server.key",
+    }
+    files |= replace
+    return ["--ssl-certfile", str(files["certfile"]), "--ssl-keyfile", str(files["keyfile"])]
+
+
+@pytest.mark.parametrize(
+    ("option", "path", "message"),
+    [
+        ("--api-key-file", "/etc/passwd", "--api-key-file /etc/passwd: key 1 "),
+        ("--api-key-file", "/dev/zero", "/dev/zero: a character device, not a regular file"),
+        ("--api-key-file", "fifo", "fifo: a FIFO, not a regular file"),
+        ("--api-key-file", ".", ": a directory, not a regular file"),
+        ("--api-key-file", "big", "big: larger than 65536 bytes"),
+        ("keyfile", "/dev/zero", "--ssl-keyfile /dev/zero: a character device, not a regular"),
+        ("keyfile", "fifo", "fifo: a FIFO, not a regular file"),
+        ("keyfile", "/etc/passwd", "--ssl-keyfile /etc/passwd: cannot load"),
+        ("certfile", "fifo", "--ssl-certfile"),
+    ],
+)
+def test_serve_refuses_secret_files_that_cannot_be_keys(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    option: str,
+    path: str,
+    message: str,
+) -> None:
+    """One line, exit 2, before the model loads; no chmod advice for a refused file."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big").write_text(f"{KEY}\n" * 10_000)
+    (tmp_path / "big").chmod(0o600)
+    target = Path(path) if path.startswith("/") else tmp_path / path
+    argv = ["serve", str(model_dir), "--port", str(_free_port())]
+    if option.startswith("--"):
+        argv += [option, str(target)]
+    else:
+        argv += _tls_argv(tmp_path, **{option: target})
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedtune: error: ") and message in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("host", "key_mode", "warning"),
+    [
+        ("0.0.0.0", None, "--host 0.0.0.0 without --api-key-file: anyone who can reach it"),
+        ("127.0.0.1", None, None),
+        ("localhost", None, None),
+        ("0.0.0.0", 0o600, None),
+        ("127.0.0.1", 0o644, "group or others can access it (mode 0644); chmod 600 it"),
+    ],
+)
+def test_serve_warns_of_an_open_host_or_a_shared_key_file(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    key_mode: int | None,
+    warning: str | None,
+) -> None:
+    served: list[uvicorn.Config] = []
+    monkeypatch.setattr(serving, "run_server", served.append)
+    argv = ["serve", str(model_dir), "--host", host, "--port", str(_free_port())]
+    if key_mode is not None:
+        (tmp_path / "keys.txt").write_text(f"{KEY}\n")
+        (tmp_path / "keys.txt").chmod(key_mode)
+        argv += ["--api-key-file", str(tmp_path / "keys.txt")]
+    assert main(argv) == 0
+    assert [config.host for config in served] == [host]
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("{")]
+    assert err == ([] if warning is None else [err[0]]), err
+    if warning is not None:
+        assert err[0].startswith("fedtune: warning: ") and warning in err[0]
+
+
+def _serve_process(model_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`python -m fedtune.cli serve` answering on a free port: the process and its URL."""
     port = _free_port()
     cmd = [sys.executable, "-m", "fedtune.cli", "serve", str(model_dir), "--port", str(port)]
-    cmd += ["--workers", "2", "--api-key-file", str(key_file)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url, auth = f"http://127.0.0.1:{port}", {"x-api-key": KEY}
+    proc = subprocess.Popen(
+        [*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
     try:
-        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
             try:
                 if httpx.get(f"{url}/health").status_code == 200:
-                    break
+                    return proc, url
             except httpx.TransportError:
                 time.sleep(0.2)
+    except BaseException:
+        proc.kill()
+        raise
+
+
+@pytest.mark.slow("subprocesses of fedtune serve")
+@pytest.mark.parametrize(
+    "signals",
+    [
+        [signal.SIGINT],
+        [signal.SIGTERM],
+        [signal.SIGINT, signal.SIGINT],  # the second stops waiting for requests in progress
+    ],
+)
+def test_serve_ends_on_a_signal_like_every_command(
+    model_dir: Path, signals: list[signal.Signals]
+) -> None:
+    """Exit 128 + the signal (130, 143), `fedtune: interrupted` last, no traceback (with
+    `--workers`: test_serve_with_workers_sums_metrics_over_processes)."""
+    proc, url = _serve_process(model_dir)
+    try:
+        assert httpx.post(f"{url}/predict", json={"texts": ["great"]}).status_code == 200
+        for sig in signals:
+            proc.send_signal(sig)
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # nothing left running if the test fails
+    _assert_interrupted(proc.returncode, err, signals[0])
+
+
+def _assert_interrupted(returncode: int, err: str, sig: signal.Signals) -> None:
+    assert returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == "fedtune: interrupted", err
+    assert "Traceback" not in err and "ERROR" not in err, err
+
+
+@pytest.mark.slow("fedtune serve with several worker processes")
+def test_serve_with_workers_sums_metrics_over_processes(model_dir: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text(f"# fedtune serve keys\n{KEY}\n")
+    proc, url = _serve_process(model_dir, "--workers", "2", "--api-key-file", str(key_file))
+    auth = {"x-api-key": KEY}
+    try:
         with httpx.Client() as client:  # new connections: both workers get some
             for _ in range(8):
                 ok = client.post(f"{url}/predict", json={"texts": ["great"]}, headers=auth)
@@ -543,7 +793,8 @@ def test_serve_with_workers_sums_metrics_over_processes(model_dir: Path, tmp_pat
         assert metrics[("fedtune_requests_total", (("path", "/predict"), ("status", "200")))] == 8
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
+    _assert_interrupted(proc.returncode, err, signal.SIGTERM)
     access = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert sum(entry["path"] == "/predict" for entry in access) == 8
 

@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument(
         "--api-key-file",
-        help="API keys, one per line: /predict and /metrics then need "
+        help="API keys, one per line, each at least 16 characters of A-Z a-z 0-9 + / = _ - "
+        "(e.g. `openssl rand -hex 32`; the file owner-only): /predict and /metrics then need "
         "'Authorization: Bearer KEY' (or 'X-API-Key: KEY'); /health stays open",
     )
     serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")

@@ -5,16 +5,17 @@ HTTP API: `GET /health` -> `{"status": "ok", "labels": [...]}` (always open); `G
 -> Prometheus text; `POST /predict` with
 `{"texts": ["...", ...]}` (a fusion model also needs `"features": [{column: value}, ...]`,
 one object per text) -> `{"predictions": [{"label": ..., "score": ...}, ...]}` in input
-order. Every invalid request (malformed JSON, missing or empty `texts`, a non-string item, more
-than `max_texts` texts, a text longer than `max_chars`, missing or bad features) gets 422 and
+order. Every invalid body (not JSON by its Content-Type, not UTF-8, malformed or nested too
+deeply for pydantic's JSON parser, missing or empty `texts`, a non-string item, more than
+`max_texts` texts, a text longer than `max_chars`, missing or bad features) gets 422 and
 `{"detail": "<message>"}`; a body over `max_body_bytes` gets 413 with the same shape (read no
-further than the limit); only a body that is not UTF-8 gets FastAPI's own 400. With API keys
-(`fedtune.serve.keys`), `/predict` and `/metrics` without a valid key get 401 before any of the
-body is read.
+further than the limit). With API keys (`fedtune.serve.keys`), `/predict` and `/metrics`
+without a valid key get 401 before any of the body is read.
 """
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -26,21 +27,19 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, StrictStr, StringConstraints
+from pydantic import BaseModel, Field, FiniteFloat, StrictStr, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
-from fedtune.errors import DataError, FedtuneError, first_line
+from fedtune.errors import DataError, cut, first_line
+from fedtune.secrets import read_regular_file, read_secret_file, warn
 from fedtune.serve.keys import is_valid, load_keys, presented_key
 from fedtune.serve.monitoring import MULTIPROCESS_ENV, Observed, ServeMetrics, log_to_stderr
 from fedtune.serve.predictor import MicroBatcher, Predictor
+from fedtune.serve.server import ServeError, run_server
 
 MAX_BODY_BYTES = 1 << 20
 """Largest `POST /predict` body `fedtune serve` reads (64 texts of 2,000 characters fit)."""
-
-
-class ServeError(FedtuneError):
-    """`fedtune serve` cannot listen where it was asked to."""
 
 
 class Prediction(BaseModel):
@@ -52,14 +51,24 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-def _error_message(error: dict) -> str:
-    """One pydantic/FastAPI validation error as `where: what`."""
+def _error_message(error: ErrorDetails) -> str:
+    """One pydantic error of a JSON body as `where: what`."""
     if error["type"] == "json_invalid":
-        return f"malformed JSON: {error['ctx']['error']} at character {error['loc'][-1]}"
-    if error["loc"] == ("body",) and isinstance(error.get("input"), bytes):
-        return "body: send a JSON object with Content-Type: application/json"
-    where = ".".join(str(part) for part in error["loc"][1:]) or "body"
-    return f"{where}: {error['msg']}"
+        return f"malformed JSON: {error['ctx']['error']}"
+    parts = [str(part) if str(part).isprintable() else repr(part) for part in error["loc"]]
+    return f"{cut('.'.join(parts), 100) or 'body'}: {error['msg']}"  # keys are the client's
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether a Content-Type is JSON (`application/json` or `application/*+json`)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def _unprocessable(detail: str) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 Scope = MutableMapping[str, Any]
@@ -71,7 +80,8 @@ class BodyLimit:
     """ASGI middleware: an HTTP request whose body exceeds `max_bytes` gets 413 and
     `{"detail": ...}`. A Content-Length over the limit is refused before any of the body is
     read; otherwise the body is read chunk by chunk and refused as soon as it passes the
-    limit (chunked uploads too), so at most `max_bytes` of it is ever held."""
+    limit (chunked uploads too), so at most `max_bytes` of it is ever held. A client that
+    goes away before its body is whole gets no answer (there is no one to read it)."""
 
     def __init__(self, app: Callable, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -90,8 +100,7 @@ class BodyLimit:
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                chunks_left = [message]
-                break
+                return
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
@@ -158,13 +167,12 @@ def create_app(
     `api_keys`, requests without one of them get 401 (`/health` stays open)."""
     metrics = ServeMetrics()
 
-    # A local class because its limits are arguments. FastAPI resolves `body: PredictRequest`
-    # at runtime, so this module must not use `from __future__ import annotations`.
+    # A local class because its limits are arguments.
     class PredictRequest(BaseModel):
         texts: list[Annotated[StrictStr, StringConstraints(max_length=max_chars)]] = Field(
             min_length=1, max_length=max_texts
         )
-        features: list[dict[str, StrictStr | float | None]] | None = Field(
+        features: list[dict[str, StrictStr | FiniteFloat | None]] | None = Field(
             None, max_length=max_texts
         )
         """A fusion model's tabular features: one {column: value} object per text."""
@@ -188,11 +196,6 @@ def create_app(
         Observed, metrics=metrics, paths=frozenset({"/health", "/metrics", "/predict"})
     )
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = "; ".join(_error_message(error) for error in exc.errors())
-        return JSONResponse(status_code=422, content={"detail": detail})
-
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "labels": predictor.labels}
@@ -202,12 +205,20 @@ def create_app(
         content, media_type = metrics.exposition()
         return Response(content, media_type=media_type)
 
-    @app.post("/predict", response_model=None)
-    async def predict(body: PredictRequest) -> PredictResponse | JSONResponse:
-        try:  # checked here, so that one bad request never fails a shared batch
+    schema = {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}
+
+    @app.post("/predict", response_model=None, openapi_extra={"requestBody": schema})
+    async def predict(request: Request) -> PredictResponse | JSONResponse:
+        if not _is_json(request.headers.get("content-type", "")):
+            return _unprocessable("body: send a JSON object with Content-Type: application/json")
+        try:  # pydantic parses the JSON itself: UTF-8 checked, nesting bounded, one error kind
+            body = PredictRequest.model_validate_json(await request.body())
+            # checked here, so that one bad request never fails a shared batch
             predictor.encode_features(body.features, len(body.texts))
+        except ValidationError as exc:
+            return _unprocessable("; ".join(_error_message(error) for error in exc.errors()))
         except DataError as exc:
-            return JSONResponse(status_code=422, content={"detail": str(exc)})
+            return _unprocessable(str(exc))
         features = body.features if predictor.spec is not None else None
         predictions = await app.state.batcher.predict(body.texts, features)
         return PredictResponse(predictions=predictions)
@@ -232,19 +243,31 @@ def check_address(host: str, port: int) -> None:
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+    except (OSError, UnicodeError, ValueError):
+        return False
+
+
 def check_tls(certfile: str | None, keyfile: str | None) -> None:
-    """Raise ServeError unless both or neither are given and they load as a key pair."""
+    """Raise ServeError unless both or neither are given and they load as a key pair (the
+    key checked as a secret file, the certificate as a regular file of at most 1 MiB)."""
     if (certfile is None) != (keyfile is None):
         raise ServeError("give both --ssl-certfile and --ssl-keyfile (or neither)")
     if certfile is None:
         return
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ServeError(
-            f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load: "
-            f"{getattr(exc, 'strerror', None) or first_line(exc)}"
-        ) from None
+    read_regular_file(certfile, "--ssl-certfile", 1 << 20)
+    with read_secret_file(keyfile, "--ssl-keyfile"):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServeError(
+                f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load: "
+                f"{getattr(exc, 'strerror', None) or first_line(exc)}"
+            ) from None
 
 
 SERVE_ENV = "FEDTUNE_SERVE"
@@ -256,7 +279,7 @@ def app_from_env() -> FastAPI:
     settings = json.loads(os.environ[SERVE_ENV])
     log_to_stderr()
     key_file = settings["api_key_file"]
-    keys = load_keys(Path(key_file)) if key_file else ()
+    keys = load_keys(Path(key_file), warn_access=False) if key_file else ()  # `serve` warned
     return create_app(
         Predictor(settings["model_dir"]), max_body_bytes=settings["max_body_bytes"], api_keys=keys
     )
@@ -273,28 +296,24 @@ def serve(
     workers: int = 1,
 ) -> None:
     """Load the model in `model_dir` and serve it with uvicorn (`workers` processes, each
-    with its own copy of the model) until interrupted."""
+    with its own copy of the model) until SIGINT or SIGTERM (then `Interrupted`)."""
     check_address(host, port)
     check_tls(ssl_certfile, ssl_keyfile)
     keys = load_keys(Path(api_key_file)) if api_key_file else ()
+    if not keys and not is_loopback(host):
+        warn(f"--host {host} without --api-key-file: anyone who can reach it can use the model")
     predictor = Predictor(model_dir)  # refuses a bad model directory before any worker starts
-    tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    options = {"host": host, "port": port, "access_log": False}
+    options |= {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
     log_to_stderr()
     if workers == 1:
         app = create_app(predictor, max_body_bytes=max_body_bytes, api_keys=keys)
-        uvicorn.run(app, host=host, port=port, access_log=False, **tls)
+        run_server(uvicorn.Config(app, **options))
         return
     del predictor
     settings = {"model_dir": model_dir, "max_body_bytes": max_body_bytes}
     settings["api_key_file"] = api_key_file
     with tempfile.TemporaryDirectory(prefix="fedtune-metrics-") as metrics_dir:
         os.environ.update({MULTIPROCESS_ENV: metrics_dir, SERVE_ENV: json.dumps(settings)})
-        uvicorn.run(
-            "fedtune.serve.app:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            access_log=False,
-            **tls,
-        )
+        factory = "fedtune.serve.app:app_from_env"
+        run_server(uvicorn.Config(factory, factory=True, workers=workers, **options))

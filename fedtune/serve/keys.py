@@ -1,35 +1,52 @@
 """API keys for `fedtune serve --api-key-file`: one key per line (blank lines and `#`
-comments skipped); a request carries one as `Authorization: Bearer KEY` or `X-API-Key: KEY`
-and is checked in constant time against every key."""
+comments skipped), each at least MIN_KEY_CHARS characters of KEY_ALPHABET (hex, base64 or
+URL-safe base64, e.g. `openssl rand -hex 32`); the file is a secret file
+(`fedtune.secrets`: a regular file of at most 64 KiB, owner-only access recommended). A
+request carries a key as `Authorization: Bearer KEY` or `X-API-Key: KEY` and is checked in
+constant time against every key."""
 
 from __future__ import annotations
 
 import hmac
+import re
 from pathlib import Path
 
-from fedtune.errors import FedtuneError
+from fedtune.secrets import SecretFileError, read_secret_file
 
 MIN_KEY_CHARS = 16
+KEY_ALPHABET = "A-Z a-z 0-9 + / = _ -"
+"""The characters a key may hold: so a line of /etc/passwd or of a PEM header is no key."""
+_KEY = re.compile(r"[A-Za-z0-9+/=_-]+")
 
 
-class ApiKeyError(FedtuneError):
+class ApiKeyError(SecretFileError):
     """The API key file cannot be used (one line, exit 2)."""
 
 
-def load_keys(path: Path) -> tuple[bytes, ...]:
-    """The keys in `path`; ApiKeyError naming the problem."""
+def load_keys(path: Path, warn_access: bool = True) -> tuple[bytes, ...]:
+    """The keys in `path`; ApiKeyError naming the problem (never quoting a key)."""
+    with read_secret_file(path, "--api-key-file", warn_access=warn_access) as data:
+        return _parse_keys(path, data)
+
+
+def _parse_keys(path: Path, data: bytes) -> tuple[bytes, ...]:
+    """The keys in the contents of key file `path`."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ApiKeyError(f"--api-key-file {path}: cannot read: {reason or exc}") from None
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ApiKeyError(f"--api-key-file {path}: not UTF-8 text") from None
     keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not keys:
         raise ApiKeyError(f"--api-key-file {path}: no keys (one per line)")
-    short = [i for i, key in enumerate(keys, 1) if len(key) < MIN_KEY_CHARS]
-    if short:
+    for number, key in enumerate(keys, 1):
+        if len(key) < MIN_KEY_CHARS:
+            problem = f"is shorter than {MIN_KEY_CHARS} characters"
+        elif not _KEY.fullmatch(key):
+            problem = f"has a character other than {KEY_ALPHABET}"
+        else:
+            continue
         raise ApiKeyError(
-            f"--api-key-file {path}: key {short[0]} is shorter than {MIN_KEY_CHARS} characters"
+            f"--api-key-file {path}: key {number} {problem} (make keys with `openssl rand -hex 32`)"
         )
     return tuple(key.encode() for key in keys)
 

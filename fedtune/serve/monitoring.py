@@ -90,7 +90,9 @@ def log_to_stderr() -> None:
 
 class Observed:
     """ASGI middleware: every HTTP request is timed, counted and access-logged (paths other
-    than the app's own are counted as `other`: a scan cannot grow the metrics)."""
+    than the app's own are counted as `other`: a scan cannot grow the metrics). A request
+    left without an answer because its client went away counts as status 499 (nginx's
+    "client closed request"), one that failed as 500."""
 
     def __init__(self, app, metrics: ServeMetrics, paths: frozenset[str]) -> None:  # noqa: ANN001
         self.app, self.metrics, self.paths = app, metrics, paths
@@ -99,7 +101,7 @@ class Observed:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), [500]
+        started, status = time.perf_counter(), [499]
 
         async def observed_send(message) -> None:  # noqa: ANN001
             if message["type"] == "http.response.start":
@@ -108,6 +110,10 @@ class Observed:
 
         try:
             await self.app(scope, receive, observed_send)
+        except BaseException:
+            if status[0] == 499:
+                status[0] = 500
+            raise
         finally:
             seconds = time.perf_counter() - started
             path = scope.get("path", "")
