@@ -180,15 +180,19 @@ def test_another_users_socket_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "theirs.sock").exists()
 
 
-@pytest.mark.parametrize("path", ["", "notes.txt"])
+@pytest.mark.parametrize(("path", "error"), [("", "it is empty"), ("notes.txt", "is not a socket")])
 def test_worker_socket_refusals_are_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, path: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    error: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(socket.socket, "listen", _never)
     (tmp_path / "notes.txt").write_text("the user's")
     assert main(["worker", "--socket", path]) == 2
-    assert "is not a socket" in _one_error_line(capsys)
+    assert error in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == "the user's"
 
