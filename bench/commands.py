@@ -32,7 +32,7 @@ Value = str | int | float | bool
 Overrides = dict[str, Value]
 
 
-def _fmt(value: Value) -> str:
+def yaml_value(value: Value) -> str:
     """An override value as typed after `--set key=` (YAML)."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -49,7 +49,9 @@ class Invocation:
 
     @classmethod
     def make(cls, command: str, scenario: str, overrides: Overrides) -> Invocation:
-        return cls(command, scenario, tuple(sorted((k, _fmt(v)) for k, v in overrides.items())))
+        return cls(
+            command, scenario, tuple(sorted((k, yaml_value(v)) for k, v in overrides.items()))
+        )
 
     def args(self) -> list[str]:
         """The arguments after `fedtune`, without --output and --quiet; the centralized

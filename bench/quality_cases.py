@@ -6,17 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-Value = str | int | float | bool
+from commands import Value, yaml_value
 
 QUICK: dict[str, Value] = {"data.max_samples": 300, "federation.rounds": 1}
 """--quick: over every sweep's overrides (and a case's own `quick` over these)."""
-
-
-def _yaml(value: Value) -> str:
-    """A value as typed after `--set key=` or in `--grid key=...` (YAML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -34,12 +27,16 @@ class Sweep:
 
     def args(self, extra: dict[str, Value]) -> list[str]:
         """The command's arguments after `fedtune sweep`, without --output."""
-        grid = [f"{key}={','.join(map(_yaml, values))}" for key, values in self.grid.items()]
+        grid = [f"{key}={','.join(map(yaml_value, values))}" for key, values in self.grid.items()]
         sets = {**self.sets, **extra}
         return [
             self.scenario,
             *[part for item in grid for part in ("--grid", item)],
-            *[part for key, value in sets.items() for part in ("--set", f"{key}={_yaml(value)}")],
+            *[
+                part
+                for key, value in sets.items()
+                for part in ("--set", f"{key}={yaml_value(value)}")
+            ],
             *(["--with-baselines"] if self.baselines else []),
         ]
 
