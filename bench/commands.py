@@ -138,11 +138,13 @@ def _bytes(lines: list[dict]) -> dict:
     }
 
 
-def _stronger(summary: dict) -> dict:
+def stronger_final(summary: dict) -> dict:
     """The final metrics, or a centralized run's converged ones where its headline metric is
     higher (marked `converged_rounds`)."""
+    from fedtune.runs.cost import headline_metric
+
     final, converged = summary["final"], summary.get("converged")
-    metric = (summary.get("majority_class") or {}).get("headline", "accuracy")
+    metric = headline_metric(summary)
     if converged and converged["final"].get(metric, 0.0) > (final.get(metric) or 0.0):
         return {**converged["final"], "converged_rounds": converged["rounds"]}
     return final
@@ -153,7 +155,7 @@ def read_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     record: dict[str, Any] = {
         "mode": summary["mode"],
-        "final": _stronger(summary),
+        "final": stronger_final(summary),
         "history": [
             {k: h[k] for k in ("round", "accuracy", "macro_f1", "loss")}
             for h in summary.get("history", [])

@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # bench/quality_cases.py beside this script
 
 from commands import shown_path as shown  # noqa: E402
+from commands import stronger_final  # noqa: E402
 from quality_cases import (  # noqa: E402
     CASES,
     QUICK,
@@ -48,9 +49,9 @@ from quality_cases import (  # noqa: E402
 from fedtune.runs.cost import headline_metric, size, spent_by_round  # noqa: E402
 
 PLOTTED = ("lora", "codecs")
+"""Cases whose runs the bytes-to-accuracy plot shows."""
 EPS = 1e-9
 """Tolerance of a gap in points (0.80 - 0.81 is -1.0000000000000009 points)."""
-"""Cases whose runs the bytes-to-accuracy plot shows."""
 
 # ------------------------------------------------------------------ sweeps
 
@@ -109,20 +110,33 @@ class Run:
 
     @property
     def final(self) -> dict:
-        """The final metrics, or a centralized run's converged ones where its headline
-        metric is higher (marked `rounds`: the round-equivalents it trained)."""
-        final = {**self.summary["final"], "rounds": self.summary.get("rounds_completed")}
-        converged, metric = self.summary.get("converged"), headline_metric(self.summary)
-        if converged and converged["final"].get(metric, 0.0) > final.get(metric, 0.0):
-            return {**converged["final"], "rounds": converged["rounds"], "converged": True}
-        return final
+        """The stronger final metrics (a centralized run's converged ones where better),
+        with the rounds (round-equivalents) they took."""
+        final = stronger_final(self.summary)
+        rounds = final.get("converged_rounds", self.summary.get("rounds_completed"))
+        return {**final, "rounds": rounds}
+
+
+BASELINES = ("centralized", "local")
+
+
+def prefix(sweep: Sweep) -> str:
+    """What its runs' labels start with."""
+    return sweep.name or sweep.scenario
 
 
 def label_of(sweep: Sweep, run_name: str, command: str) -> str:
-    if command != "run":
-        return command
-    point = run_name.split("-", 1)[-1]
-    return f"{sweep.name or sweep.scenario}: {point}"
+    """`PREFIX: key=value` for a run, `centralized (PREFIX)` for a baseline."""
+    if command in BASELINES:
+        return f"{command} ({prefix(sweep)})"
+    return f"{prefix(sweep)}: {run_name.split('-', 1)[-1]}"
+
+
+def baseline(runs: dict, command: str, label: str | None = None) -> Run | None:
+    """The baseline of the sweep a run label belongs to, else the case's first."""
+    own = runs.get(f"{command} ({label.split(': ', 1)[0]})") if label else None
+    found = own or next((r for k, r in runs.items() if k.startswith(f"{command} (")), None)
+    return found if isinstance(found, Run) else None
 
 
 def read_sweep(sweep: Sweep, out: Path) -> dict[str, Run | str]:
@@ -146,7 +160,7 @@ def read_sweep(sweep: Sweep, out: Path) -> dict[str, Run | str]:
 
 
 def case_runs(case: Case, quick: bool, work: Path) -> dict[str, Run | str]:
-    """Every run of the case's sweeps (the first sweep's baselines are the case's)."""
+    """Every run of the case's sweeps, baselines included (each labelled with its sweep)."""
     runs: dict[str, Run | str] = {}
     for sweep in case.sweeps:
         if sweep.quick or not quick:
@@ -166,10 +180,6 @@ def gaps(point: dict, ref: dict) -> tuple[float, float]:
 def first_round(run: Run, ok: Callable[[dict], bool]) -> int | None:
     """The first round (from 1) whose metrics pass `ok`."""
     return next((line["round"] for line in run.rounds[1:] if ok(line)), None)
-
-
-def majority(runs: dict[str, Run | str]) -> dict | None:
-    return next((r.summary["majority_class"] for r in runs.values() if isinstance(r, Run)), None)
 
 
 def at_majority(values: dict, summary: dict) -> bool:
@@ -254,38 +264,41 @@ def _verdict(result: tuple[bool | None, str]) -> tuple[str, str]:
     return {True: "met", False: "missed", None: "no verdict"}[result[0]], result[1]
 
 
-def centralized_of(case: Case, runs: dict, quick: bool, work: Path) -> Run | None:
-    """The case's centralized run: its own, or that of the case it names."""
+def centralized_of(case: Case, runs: dict, label: str, quick: bool, work: Path) -> Run | None:
+    """A run's centralized reference: its sweep's, or that of the case the case names."""
     if case.centralized_from:
         other = next(c for c in CASES if c.name == case.centralized_from)
-        runs = case_runs(other, quick, work)
-    found = runs.get("centralized")
-    return found if isinstance(found, Run) else None
+        return baseline(case_runs(other, quick, work), "centralized")
+    return baseline(runs, "centralized", label)
 
 
 def case_rows(case: Case, quick: bool, work: Path) -> list[dict]:
-    """One row per run of the case (baselines as columns), with its verdict."""
-    runs = case_runs(case, quick, work)
-    centralized, local = centralized_of(case, runs, quick, work), runs.get("local")
-    target = case.target
-    reference = runs.get(target.reference) if isinstance(target, MatchesReference) else centralized
+    """One row per run of the case (its sweep's baselines as columns), with its verdict."""
+    runs, target = case_runs(case, quick, work), case.target
+    finished = [r for r in runs.values() if isinstance(r, Run)]
     not_judged = {getattr(target, "reference", None), getattr(target, "paired", None)}
     rows = []
     for label, run in runs.items():
-        if label in ("centralized", "local"):
+        if label.startswith(tuple(f"{command} (" for command in BASELINES)):
             continue
+        centralized = centralized_of(case, runs, label, quick, work)
+        local = baseline(runs, "local", label)
         row = {"case": case.name, "title": case.title, "run": label, "target": target.text()}
         row["centralized"] = centralized.final if centralized else None
-        row["local"] = local.summary["final"] if isinstance(local, Run) else None
-        row["majority"] = majority(runs)
+        row["local"] = local.summary["final"] if local else None
+        own = run if isinstance(run, Run) else (finished or [None])[0]
+        row["majority"] = own.summary["majority_class"] if own else None
         if isinstance(run, str):
             row["result"], row["why"] = "not finished", run
         elif label in not_judged:
             row |= _measured(run) | {"result": "reference", "why": ""}
         else:
             row |= _measured(run)
-            ref = reference if isinstance(reference, Run) else None
-            row["result"], row["why"] = judge(case, run, runs, ref)
+            reference = centralized
+            if isinstance(target, MatchesReference):
+                found = runs.get(target.reference)
+                reference = found if isinstance(found, Run) else None
+            row["result"], row["why"] = judge(case, run, runs, reference)
         rows.append(row)
     return rows
 
@@ -310,7 +323,8 @@ def _pair(values: dict | None) -> str:
     if not values:
         return "-"
     pair = f"{values['accuracy']:.3f} / {values['macro_f1']:.3f}"
-    return pair + (f" (converged, {values['rounds']} rounds)" if values.get("converged") else "")
+    converged = values.get("converged_rounds")
+    return pair + (f" (converged, {converged} rounds)" if converged else "")
 
 
 def _local(values: dict | None) -> str:
@@ -385,9 +399,12 @@ def markdown(sections: list[str], sweeps: dict[Path, list[str]], quick: bool) ->
         "of all clients. Local-only: each client trained alone, the mean over clients on the "
         "test split and on their own validation splits."
     )
-    machine = f"{os.cpu_count()} CPUs, {platform.platform(terse=True)}"
     stamp = datetime.now().isoformat(timespec="seconds")
-    head = ["# Quality benchmark (`bench/quality.py`)", f"Mode: {mode}. {machine}; {stamp}.", intro]
+    head = [
+        "# Quality benchmark (`bench/quality.py`)",
+        f"Mode: {mode}. Machine: {os.cpu_count()} CPUs, {platform.platform(terse=True)}; {stamp}.",
+        intro,
+    ]
     return "\n\n".join([*head, *sections, "## Commands", "\n".join(commands)]) + "\n"
 
 
@@ -430,7 +447,9 @@ def write_page(cases: list[Case], quick: bool, paths: dict[str, Path]) -> None:
         sections.append(case_section(case, found))
     text = markdown(sections, planned(cases, quick, paths["work"]), quick)
     paths["md"].write_text(text)
-    paths["json"].write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(terse=True)}
+    record = {"machine": machine, "rows": rows}
+    paths["json"].write_text(json.dumps(record, indent=2, default=str) + "\n")
     print("\n" + "\n\n".join(sections))
     lines = curves(cases, quick, paths["work"])
     if lines:

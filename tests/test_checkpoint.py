@@ -325,9 +325,9 @@ CRAFTED = {
         _edit_json(_set("strategy", ".inner.accountant", value=ACCOUNTANT)),
         "strategy entry '.inner.accountant': is not a state field of this strategy",
     ),
-    "strategy arrays for a strategy without": (
+    "strategy arrays for some of the weights": (  # Flower's FedOpt reads one per weight
         _edit_json(_set("strategy", ".inner.m_t", value={"arrays": ["classifier.bias"]})),
-        "state.safetensors: damaged checkpoint: '.inner.m_t/classifier.bias': is missing",
+        "state.json: damaged checkpoint: strategy entry '.inner.m_t': must name every weight",
     ),
     "a non-numeric round": (
         _edit_json(_set("round", value="two")),
@@ -378,6 +378,10 @@ CRAFTED = {
     "a record line that is not JSON": (
         _edit_json(_set("recorder", "lines", 1, value="{")),
         "recorder.lines[1]: not JSON",
+    ),
+    "a record line with a line break (two lines of metrics.jsonl)": (
+        _edit_json(_set("recorder", "lines", 1, value='{"round":\n1}')),
+        "recorder.lines[1]: holds a line break",
     ),
 }
 

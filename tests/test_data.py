@@ -15,6 +15,7 @@ from fedtune.config import DataConfig
 from fedtune.data.corpus import (
     LABEL,
     DataError,
+    _json_depth,
     build_federated_data,
     client_splits,
     label_table,
@@ -211,3 +212,13 @@ def test_builtin_aapl_tweets() -> None:
     ds = load_tweets("aapl-tweets")
     assert 900 < len(ds) < 1_100
     assert all("$aapl" in t.lower() or "#aapl" in t.lower() for t in ds["text"])
+
+
+def test_json_depth_counts_brackets_outside_strings_in_one_pass() -> None:
+    """Brackets inside strings do not count; a string that never closes runs to the end
+    (found in review: the pattern rescanned it from every later quote, quadratic: 1 MB of
+    `\\"` would have taken hours)."""
+    assert _json_depth('[[{"a": "]}]"}]]') == 3
+    assert _json_depth('{"a": [1, {"b": "x\\"y"}]}') == 3
+    assert _json_depth('[["]]') == 2
+    assert _json_depth('"' + '\\"' * 500_000) == 0  # 1 MB, one pass

@@ -22,7 +22,7 @@ from fedtune.federation.client.worker import WorkerSocketError, listen
 from fedtune.launch import baselines, deploy, simulation, sweep
 from fedtune.launch.certs import make_certs
 from fedtune.launch.deploy import write_node_files
-from fedtune.runs.directory import check_output_dir
+from fedtune.runs.directory import check_output_dir, lock_dir
 from fedtune.runs.recorder import RunRecorder
 
 
@@ -356,3 +356,13 @@ def test_a_held_sweep_directory_is_refused_and_its_runs_kept(
     with pytest.raises(ScenarioError, match=f"process {pid} still runs there"):
         sweep.run_sweep(plan, sweep_dir, quiet=True, launch=_never)
     assert (run_dir / ".lock").is_file()
+
+
+def test_a_fifo_planted_as_the_lock_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Found in review: opening a FIFO at `.lock` for writing blocked until a reader came."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.mkfifo(run_dir / ".lock")
+    with pytest.raises(ScenarioError, match="output.dir"):
+        lock_dir(run_dir)
+    assert stat.S_ISFIFO((run_dir / ".lock").lstat().st_mode)  # left as it was

@@ -145,7 +145,8 @@ reader crashes the process at some 20,000)."""
 
 def _json_depth(text: str) -> int:
     """How deep JSON text nests: its brackets outside strings, counted."""
-    brackets = re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+', "", text)
+    # a string that never closes runs to the end (scanned once: linear, not quadratic)
+    brackets = re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)|[^\[\]{}"]+', "", text)
     return max(itertools.accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -131,7 +132,11 @@ def lock_dir(path: Path, key: str = "output.dir") -> None:
             return
         if (gone := _HELD.pop(os.path.realpath(path), None)) is not None:
             os.close(gone)  # the lock of a directory removed since (`_fresh_dir` of a sweep)
-        fd = open_file(path / LOCK_FILE, flags=0)  # not O_EXCL: a dead holder's is reused
+        # not O_EXCL: a dead holder's is reused; O_NONBLOCK: a FIFO planted there never blocks
+        fd = open_file(path / LOCK_FILE, flags=os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ScenarioError(f"{where}: {LOCK_FILE} is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

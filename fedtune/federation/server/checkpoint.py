@@ -412,7 +412,9 @@ def _check_record(record: Any, server_round: int) -> None:
         _finite(_of_round(entry, field, i).get("seconds"), f"{field}.seconds", 0.0)
         _numbers(entry, field)
         field = f"recorder.lines[{i}]"
-        _of_round(_parse_json(_typed(line, str, field), field), field, i)
+        if "\n" in _typed(line, str, field) or "\r" in line:  # metrics.jsonl: one per line
+            raise _Invalid(field, "holds a line break")
+        _of_round(_parse_json(line, field), field, i)
     for key, value in _keys(record["totals"], "recorder.totals", RECORD_TOTALS).items():
         _whole(value, f"recorder.totals.{key}", 0, MAX_COUNT)
     for key, value in _keys(record["extra"], "recorder.extra", (), ("fairness", "privacy")).items():
@@ -587,6 +589,8 @@ def _state_arrays(meta: dict, weights: Shapes) -> Expected:
                     field = f"strategy entry {short(path)}"
                     raise _Invalid(field, f"names {short(name)}, not one of the weights")
                 expected[f"{path}/{name}"] = (weights[name][0], WEIGHT_DTYPES)
+            if set(entry[kind]) != set(weights):  # the strategy reads one per weight
+                raise _Invalid(f"strategy entry {short(path)}", "must name every weight")
     return expected
 
 
